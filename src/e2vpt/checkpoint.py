@@ -1,0 +1,208 @@
+"""Tunable-only checkpoints: ``adapter.safetensors`` (tensors) + ``adapter.json`` (what to
+rebuild). Both are written to temp files and renamed, so a crash never leaves a
+half-written checkpoint behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from e2vpt.methods.base import ConfigError, method_config
+from e2vpt.model import PromptedViT, backbone_fingerprint, backbone_signature, wrap
+
+TENSORS_FILE = "adapter.safetensors"
+CONFIG_FILE = "adapter.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or does not fit the backbone it is loaded onto."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def tunable_state(model: PromptedViT) -> dict[str, torch.Tensor]:
+    """What a checkpoint stores: trained parameters plus the method's own buffers (masks)."""
+    state = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if model.visual_prompts is not None:
+        for name, buf in model.visual_prompts.named_buffers():
+            if name in model.visual_prompts._buffers and name in ("token_mask", "segment_mask"):
+                state[f"visual_prompts.{name}"] = buf
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def save(model: PromptedViT, directory: str | os.PathLike[str]) -> Path:
+    """Write the tunable tensors and the rebuild recipe into ``directory``."""
+    if not isinstance(model, PromptedViT):
+        raise TypeError("e2vpt.save expects a model made by e2vpt.wrap")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = tunable_state(model)
+    fd, tmp = tempfile.mkstemp(prefix=f".{TENSORS_FILE}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt", "e2vpt_format": str(FORMAT_VERSION)})
+        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+        config = model.method_config
+        assert config is not None
+        meta: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "backbone": model.backbone_name,
+            "backbone_weights": getattr(model.backbone, "e2vpt_backbone_weights", None),
+            "backbone_signature": model.backbone_signature,
+            "backbone_fingerprint": model.backbone_fingerprint,
+            "global_pool": model.global_pool,
+            "method": config.method_name,
+            "method_config": config.to_dict(),
+            "num_classes": model.num_classes,
+            "masks_active": bool(model.visual_prompts and model.visual_prompts.masks_active),
+            "tensors": {k: list(v.shape) for k, v in tensors.items()},
+            "sha256": digest,
+        }
+        os.replace(tmp, directory / TENSORS_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"no {CONFIG_FILE} in {directory}: not an e2vpt checkpoint folder "
+            "(e2vpt.save / `e2vpt train` write one)"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is corrupt (not valid JSON: {err})") from err
+    for key in ("method", "method_config", "num_classes", "backbone"):
+        if key not in meta:
+            raise CheckpointError(f"{path} is corrupt or from another tool: no {key!r} field")
+    return meta
+
+
+def load(
+    directory: str | os.PathLike[str],
+    backbone: nn.Module | None = None,
+    num_classes: int | None = None,
+    map_location: str | torch.device = "cpu",
+    check_fingerprint: bool = True,
+) -> PromptedViT:
+    """Rebuild a model from a checkpoint folder.
+
+    Without ``backbone`` the one named in adapter.json is created (with its pretrained
+    weights). ``num_classes`` given and different from the checkpoint's is an error."""
+    from e2vpt.backbones import create_backbone
+
+    directory = Path(directory)
+    meta = read_config(directory)
+    saved_classes = int(meta["num_classes"])
+    if num_classes is not None and num_classes != saved_classes:
+        raise CheckpointError(
+            f"checkpoint {directory} has a {saved_classes}-class head but {num_classes} "
+            f"classes were asked for; evaluate on a dataset with {saved_classes} classes or "
+            "train a new head"
+        )
+    tensors_path = directory / TENSORS_FILE
+    if not tensors_path.is_file():
+        raise CheckpointError(f"{tensors_path} is missing; the checkpoint is incomplete")
+    blob = tensors_path.read_bytes()
+    if meta.get("sha256") and hashlib.sha256(blob).hexdigest() != meta["sha256"]:
+        raise CheckpointError(
+            f"{tensors_path} does not match the hash in {CONFIG_FILE}: the file is corrupt "
+            "or from another save; re-save or re-train"
+        )
+    try:
+        tensors = load_file(str(tensors_path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{tensors_path} is corrupt: {err}") from err
+
+    if backbone is None:
+        if not meta["backbone"]:
+            raise CheckpointError(
+                f"{CONFIG_FILE} names no backbone; pass backbone= (the model it was trained on)"
+            )
+        backbone = create_backbone(meta["backbone"], weights=meta.get("backbone_weights"))
+    signature = backbone_signature(backbone)
+    saved_signature = meta.get("backbone_signature")
+    if saved_signature and signature != saved_signature:
+        diff = {
+            k: (saved_signature.get(k), signature.get(k))
+            for k in signature
+            if saved_signature.get(k) != signature.get(k)
+        }
+        raise CheckpointError(
+            f"checkpoint {directory} was trained on backbone {meta['backbone']!r} but the "
+            f"backbone given differs (checkpoint vs given: {diff}). Pass the backbone it was "
+            "trained on, or omit backbone= to rebuild it from adapter.json"
+        )
+    fingerprint = backbone_fingerprint(backbone)
+    saved_fp = meta.get("backbone_fingerprint")
+    if check_fingerprint and saved_fp and fingerprint and fingerprint != saved_fp:
+        raise CheckpointError(
+            f"checkpoint {directory} was trained on {meta['backbone']!r} with other pretrained "
+            "weights than the backbone given (weight fingerprints differ). Load the same "
+            "weights, or pass check_fingerprint=False if you know what you are doing"
+        )
+    try:
+        config = method_config(meta["method"], meta["method_config"])
+    except ConfigError as err:
+        raise CheckpointError(f"{CONFIG_FILE} in {directory} is invalid: {err}") from err
+    model = wrap(
+        backbone,
+        config,
+        saved_classes,
+        backbone_name=meta["backbone"],
+        global_pool=meta.get("global_pool"),
+    )
+    expected = tunable_state(model)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    shapes = [
+        f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in tensors and tensors[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{tensors_path} does not fit method {meta['method']!r} on this backbone: "
+            f"missing {missing[:8]}, unexpected {unexpected[:8]}, shape mismatches {shapes[:8]}"
+        )
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        buffers = dict(model.named_buffers())
+        for key, value in tensors.items():
+            target = params.get(key, buffers.get(key))
+            target.copy_(value.to(target.dtype))
+    if model.visual_prompts is not None:
+        model.visual_prompts.masks_active = bool(meta.get("masks_active", False))
+    return model.to(map_location)

@@ -1,0 +1,1 @@
+"""The ``e2vpt`` command line: train, eval, info."""

@@ -1,0 +1,313 @@
+"""``e2vpt train | eval | info``. Every flag maps to one config field: top-level flags to
+:class:`TrainConfig`, method flags (``--visual-tokens`` …) to the method's config."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from e2vpt.backbones import DEMO_BACKBONE, BackboneError, canonical_name, create_backbone
+from e2vpt.checkpoint import CheckpointError, load, read_config
+from e2vpt.data import DataError, load_task
+from e2vpt.methods.base import _REGISTRY, ConfigError, MethodConfig, list_methods, method_config
+from e2vpt.model import wrap
+from e2vpt.reporting import format_table, write_json
+from e2vpt.training.config import TrainConfig
+
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    CheckpointError,
+    BackboneError,
+    FileNotFoundError,
+    FloatingPointError,
+)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(annotation: Any) -> Any:
+    """int | None → int; dict[...] → dict."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0])
+    return origin or annotation
+
+
+def _add_dataclass_flags(
+    parser: argparse.ArgumentParser, cls: type, skip: set[str], help_prefix: str = ""
+) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        text = f"{help_prefix}{f.name} (default: {default})"
+        if kind is bool:
+            parser.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=text,
+            )
+        else:
+            parser.add_argument(
+                _flag(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS, help=text
+            )
+
+
+def method_option_owners() -> dict[str, list[str]]:
+    """Method option name → the method names that have it."""
+    owners: dict[str, list[str]] = {}
+    for spec in _REGISTRY.values():
+        fixed = {k for k, _ in spec.fixed}
+        for f in dataclasses.fields(spec.config_cls):
+            if f.name not in fixed:
+                owners.setdefault(f.name, []).append(spec.name)
+    return owners
+
+
+def _method_config_classes() -> list[type[MethodConfig]]:
+    seen: list[type[MethodConfig]] = []
+    for spec in _REGISTRY.values():
+        if spec.config_cls not in seen:
+            seen.append(spec.config_cls)
+    return seen
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="e2vpt",
+        description="Prompt tuning (VPT, E²VPT) for pretrained vision transformers.",
+    )
+    sub = parser.add_subparsers(dest="command")
+
+    train = sub.add_parser(
+        "train",
+        help="train a method on a task (no arguments: the offline quickstart)",
+        description="Train one method on one task. With no arguments: E²VPT on the bundled "
+        f"demo backbone ({DEMO_BACKBONE}) and the built-in task, compared with linear probing.",
+    )
+    train.add_argument("--config", type=Path, help="YAML file of config fields (flags override it)")
+    train.add_argument(
+        "--quickstart",
+        action="store_true",
+        help="the offline demo run (the default when no argument is given)",
+    )
+    _add_dataclass_flags(train, TrainConfig, skip={"method_config"})
+    group = train.add_argument_group("method options (see `e2vpt info`)")
+    added: set[str] = set()
+    for cls in _method_config_classes():
+        fields = {f.name for f in dataclasses.fields(cls)} - added - {"deep"}
+        _add_dataclass_flags(
+            group,
+            cls,
+            skip={f.name for f in dataclasses.fields(cls)} - fields,
+            help_prefix=f"[{cls.name}] ",
+        )
+        added |= fields
+
+    evaluate = sub.add_parser("eval", help="evaluate a trained run folder")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--data", help="task to evaluate on (default: the run's own)")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--precision", default="auto")
+
+    info = sub.add_parser("info", help="parameter accounting for a backbone × method")
+    info.add_argument("--backbone", default=DEMO_BACKBONE)
+    info.add_argument("--num-classes", type=int, default=100)
+    info.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help=f"methods to list (default: {' '.join(list_methods())})",
+    )
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument("--visual-tokens", type=int, default=None, help="E²VPT / VPT prompt tokens")
+    info.add_argument("--kv-tokens", type=int, default=None, help="E²VPT key-value tokens")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> TrainConfig:
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        values = TrainConfig.from_yaml(args.config).to_dict()
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quickstart")}
+    method_values = dict(values.get("method_config") or {})
+    for key, value in given.items():
+        if key in train_fields:
+            values[key] = value
+        else:
+            method_values[key] = value
+    quickstart = args.quickstart or (not argv and args.config is None)
+    if quickstart:
+        values.setdefault("compare_linear", True)
+    cfg = TrainConfig.from_dict({**values, "method_config": method_values})
+    owners = method_option_owners()
+    spec_name = cfg.method
+    for key in method_values:
+        if key in owners and not any(spec_name.replace("_", "-") == o for o in owners[key]):
+            raise ConfigError(
+                f"{_flag(key)} does not apply to method {spec_name!r}; it belongs to "
+                f"{', '.join(owners[key])}"
+            )
+    cfg.validate()
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from e2vpt.training.trainer import results_table, train
+
+    cfg = config_from_args(args, argv)
+    method_cfg = cfg.build_method_config()
+    print(
+        f"e2vpt train: {method_cfg.method_name} on {cfg.data} with backbone {cfg.backbone}"
+        f" → {cfg.output_dir}",
+        file=sys.stderr,
+    )
+    results = [train(cfg)]
+    if cfg.compare_linear and method_cfg.method_name != "linear":
+        linear_cfg = dataclasses.replace(
+            cfg,
+            method="linear",
+            method_config={},
+            base_lr=None,
+            output_dir=str(Path(cfg.output_dir) / "linear"),
+        )
+        results.append(train(linear_cfg))
+    print()
+    print(results_table(results))
+    if len(results) == 2 and results[0].eval_top1 is not None and results[1].eval_top1 is not None:
+        gap = 100 * (results[0].eval_top1 - results[1].eval_top1)
+        print(f"\n{results[0].method} vs linear probing on {cfg.eval_split}: {gap:+.2f} points")
+    print(
+        f"\nrun folder: {cfg.output_dir} (adapter.safetensors, adapter.json, metrics.csv, "
+        "results.json)"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from e2vpt.training.trainer import data_settings, resolve_device, top1
+
+    meta = read_config(args.run_dir)
+    run_cfg_path = args.run_dir / "train_config.yaml"
+    data = args.data
+    data_seed = 0
+    if run_cfg_path.is_file():
+        run_cfg = TrainConfig.from_yaml(run_cfg_path)
+        data = data or run_cfg.data
+        data_seed = run_cfg.data_seed
+    if data is None:
+        raise ConfigError(f"{args.run_dir} has no train_config.yaml; pass --data")
+    device = resolve_device(args.device)
+    model = load(args.run_dir)
+    image_size, normalizer = data_settings(model.backbone)
+    task = load_task(data, image_size, seed=data_seed)
+    if task.num_classes != meta["num_classes"]:
+        raise CheckpointError(
+            f"{data} has {task.num_classes} classes but the checkpoint in {args.run_dir} has a "
+            f"{meta['num_classes']}-class head; evaluate on the task it was trained for"
+        )
+    model = model.to(device)
+    acc = top1(
+        model,
+        task.split(args.split),
+        normalizer.to(device),
+        device,
+        args.precision,
+        args.batch_size,
+    )
+    row = {
+        "run": str(args.run_dir),
+        "method": meta["method"],
+        "data": data,
+        "split": args.split,
+        "images": len(task.split(args.split)),
+        "top-1 %": round(100 * acc, 2),
+    }
+    print(format_table([row]))
+    write_json(args.run_dir / f"eval_{args.split}.json", row)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from e2vpt.accounting import count_parameters
+
+    name = canonical_name(args.backbone)
+    methods = args.methods or list_methods()
+    rows = []
+    for method in methods:
+        options: dict[str, Any] = {}
+        if method == "e2vpt":
+            if args.visual_tokens is not None:
+                options["visual_tokens"] = args.visual_tokens
+            if args.kv_tokens is not None:
+                options["kv_tokens"] = args.kv_tokens
+        elif method.startswith("vpt") and args.visual_tokens is not None:
+            options["tokens"] = args.visual_tokens
+        config = method_config(method, options)
+        # meta device: no memory and no weights needed, even for ViT-H
+        with torch.device("meta"):
+            backbone = create_backbone(name, pretrained=False)
+        model = wrap(backbone, config, args.num_classes)
+        counts = count_parameters(model)
+        described = ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if k not in ("deep",))
+        rows.append(
+            {
+                "method": config.method_name,
+                "options": described,
+                "tunable": counts.tunable,
+                "without head": counts.tunable_without_head,
+                "% of backbone": round(counts.percent, 3),
+                "backbone": counts.backbone,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"backbone {name}, {args.num_classes} classes")
+        print(format_table(rows))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args, argv[1:])
+        if args.command == "eval":
+            return cmd_eval(args)
+        if args.command == "info":
+            return cmd_info(args)
+    except USER_ERRORS as err:
+        print(f"e2vpt {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Building blocks the methods add around a frozen timm model."""

@@ -1,0 +1,31 @@
+"""Every method is one module with a config dataclass; importing them fills the registry."""
+
+from e2vpt.methods.base import (
+    ConfigError,
+    MethodConfig,
+    MethodSpec,
+    get_method,
+    list_methods,
+    method_config,
+    register_method,
+)
+from e2vpt.methods.bias import BiasConfig
+from e2vpt.methods.e2vpt import E2VPTConfig
+from e2vpt.methods.full import FullConfig
+from e2vpt.methods.linear import LinearConfig
+from e2vpt.methods.vpt import VPTConfig
+
+__all__ = [
+    "BiasConfig",
+    "ConfigError",
+    "E2VPTConfig",
+    "FullConfig",
+    "LinearConfig",
+    "MethodConfig",
+    "MethodSpec",
+    "VPTConfig",
+    "get_method",
+    "list_methods",
+    "method_config",
+    "register_method",
+]

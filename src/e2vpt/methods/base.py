@@ -1,0 +1,116 @@
+"""Method configs and the registry that maps CLI/method names to them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from e2vpt.model import PromptedViT
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which and how to fix it."""
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's config. Subclasses are plain dataclasses (YAML-friendly)."""
+
+    name: ClassVar[str] = ""
+    trains_backbone: ClassVar[bool] = False  # only `full`: backbone in train mode
+    optimizer: ClassVar[str] = "sgd"
+
+    @property
+    def method_name(self) -> str:
+        """Registry name of this configuration (what adapter.json and the CLI use)."""
+        return self.name
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+                raise ConfigError(f"{self.name}: {f.name} must be >= 0, got {value}")
+            if f.name.endswith("dropout") and value is not None and not 0.0 <= float(value) < 1.0:
+                raise ConfigError(f"{self.name}: {f.name} must be in [0, 1), got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> MethodConfig:
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"method {cls.name!r} has no option(s) {unknown}; its options are {sorted(known)}"
+            )
+        config = cls(**values)  # type: ignore[arg-type]
+        config.validate()
+        return config
+
+
+ApplyFn = Callable[["PromptedViT", Any], None]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_cls: type[MethodConfig]
+    apply: ApplyFn
+    summary: str
+    fixed: tuple[tuple[str, Any], ...] = ()  # options this name pins (vpt-deep: deep=True)
+
+    def make_config(self, values: dict[str, Any] | None = None) -> MethodConfig:
+        values = dict(values or {})
+        for key, pinned in self.fixed:
+            if key in values and values[key] != pinned:
+                raise ConfigError(
+                    f"method {self.name!r} always has {key}={pinned}; drop that option "
+                    f"or pick the other method name"
+                )
+            values[key] = pinned
+        return self.config_cls.from_dict(values)
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register_method(
+    config_cls: type[MethodConfig],
+    summary: str,
+    name: str | None = None,
+    fixed: dict[str, Any] | None = None,
+) -> Callable[[ApplyFn], ApplyFn]:
+    """Decorator for a method's ``apply(model, config)`` function."""
+
+    def decorator(fn: ApplyFn) -> ApplyFn:
+        key = name or config_cls.name
+        _REGISTRY[key] = MethodSpec(key, config_cls, fn, summary, tuple((fixed or {}).items()))
+        return fn
+
+    return decorator
+
+
+_DISPLAY_ORDER = ["linear", "full", "bias", "vpt-shallow", "vpt-deep", "e2vpt"]
+
+
+def list_methods() -> list[str]:
+    """Registered names, baselines first (the papers' table order), then any others."""
+    known = [n for n in _DISPLAY_ORDER if n in _REGISTRY]
+    return known + sorted(n for n in _REGISTRY if n not in known)
+
+
+def get_method(name: str) -> MethodSpec:
+    key = name.strip().lower().replace("_", "-")
+    if key not in _REGISTRY:
+        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(_REGISTRY)}")
+    return _REGISTRY[key]
+
+
+def method_config(name: str, values: dict[str, Any] | None = None) -> MethodConfig:
+    """Build the config for a registry name from plain option values."""
+    return get_method(name).make_config(values)

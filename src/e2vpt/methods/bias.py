@@ -1,0 +1,24 @@
+"""BitFit: every bias term of the backbone plus the head learns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from e2vpt.methods.base import MethodConfig, register_method
+
+if TYPE_CHECKING:
+    from e2vpt.model import PromptedViT
+
+
+@dataclass
+class BiasConfig(MethodConfig):
+    name: ClassVar[str] = "bias"
+
+
+@register_method(BiasConfig, "all biases + head (BitFit)")
+def apply_bias(model: PromptedViT, config: BiasConfig) -> None:
+    model.freeze_backbone()
+    for name, param in model.backbone.named_parameters():
+        if name.endswith(".bias"):
+            param.requires_grad_(True)

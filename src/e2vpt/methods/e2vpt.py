@@ -1,0 +1,51 @@
+"""E²VPT (Han et al. 2023): deep visual prompts + key-value prompts in every attention.
+
+The visual prompts carry the token and segment masks that pruning (a later
+stage) sets; they are buffers, so the optimizer never sees them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from e2vpt.layers.kv_attention import add_kv_prompts
+from e2vpt.layers.prompts import VisualPrompts
+from e2vpt.methods.base import ConfigError, MethodConfig, register_method
+
+if TYPE_CHECKING:
+    from e2vpt.model import PromptedViT
+
+
+@dataclass
+class E2VPTConfig(MethodConfig):
+    name: ClassVar[str] = "e2vpt"
+    visual_tokens: int = 10
+    kv_tokens: int = 5
+    shared_kv: bool = True  # one tensor serves as key and value prompt (official default)
+    visual_dropout: float = 0.1
+    mask_segments: int = 16  # R: segments per visual token for segment-wise pruning
+
+    def validate(self) -> None:
+        super().validate()
+        if self.mask_segments < 1:
+            raise ConfigError(f"e2vpt: mask_segments must be >= 1, got {self.mask_segments}")
+
+
+@register_method(E2VPTConfig, "deep visual prompts + key-value prompts + head (E²VPT)")
+def apply_e2vpt(model: PromptedViT, config: E2VPTConfig) -> None:
+    model.freeze_backbone()
+    if config.mask_segments > model.embed_dim:
+        raise ConfigError(
+            f"e2vpt: mask_segments={config.mask_segments} exceeds the model width "
+            f"{model.embed_dim}; use at most {model.embed_dim}"
+        )
+    model.visual_prompts = VisualPrompts(
+        num_layers=model.num_blocks,
+        tokens=config.visual_tokens,
+        dim=model.embed_dim,
+        patch_size=model.patch_size,
+        dropout=config.visual_dropout,
+        mask_segments=config.mask_segments,
+    )
+    add_kv_prompts(model.backbone, tokens=config.kv_tokens, shared=config.shared_kv)

@@ -1,0 +1,289 @@
+"""One training run: backbone + method + task → trained adapter, metrics and a table."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.data import resolve_data_config
+from torch import nn
+from tqdm.auto import tqdm
+
+from e2vpt.accounting import count_parameters
+from e2vpt.backbones import create_backbone
+from e2vpt.checkpoint import atomic_write_text, save
+from e2vpt.data import Split, Task, load_task
+from e2vpt.data.augment import apply_augment
+from e2vpt.model import PromptedViT, wrap
+from e2vpt.reporting import format_table, write_csv, write_json
+from e2vpt.training.config import TrainConfig
+from e2vpt.training.optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class RunResult:
+    method: str
+    backbone: str
+    task: str
+    num_classes: int
+    tunable_params: int
+    tunable_percent: float
+    val_top1: float | None
+    eval_split: str
+    eval_top1: float | None
+    train_seconds: float
+    epochs: int
+    output_dir: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table_row(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "tunable params": self.tunable_params,
+            "% of backbone": round(self.tunable_percent, 3),
+            "val top-1 %": None if self.val_top1 is None else round(100 * self.val_top1, 2),
+            f"{self.eval_split} top-1 %": None
+            if self.eval_top1 is None
+            else round(100 * self.eval_top1, 2),
+            "train s": round(self.train_seconds, 1),
+        }
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+class Normalizer(nn.Module):
+    """uint8 images → float, scaled with the backbone's own mean/std."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+def data_settings(backbone: nn.Module) -> tuple[int, Normalizer]:
+    cfg = resolve_data_config({}, model=backbone)
+    return int(cfg["input_size"][-1]), Normalizer(tuple(cfg["mean"]), tuple(cfg["std"]))
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+@torch.no_grad()
+def predict(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    device: torch.device,
+    precision: str,
+    batch_size: int = 256,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    outs = []
+    for idx in batches(len(inputs), batch_size, None):
+        x = inputs[idx].to(device, non_blocking=True)
+        if prepare is not None:
+            x = prepare(x)
+        with autocast(device, precision):
+            outs.append(forward(x).float())
+    return torch.cat(outs)
+
+
+def top1(
+    model: PromptedViT,
+    split: Split,
+    normalizer: Normalizer,
+    device: torch.device,
+    precision: str,
+    batch_size: int = 256,
+) -> float:
+    model.eval()
+    logits = predict(model, split.images, device, precision, batch_size, normalizer)
+    return (logits.argmax(-1).cpu() == split.labels).float().mean().item()
+
+
+class _HeadOnFeatures(nn.Module):
+    def __init__(self, head: nn.Linear) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+
+def train(cfg: TrainConfig, task: Task | None = None, save_checkpoint: bool = True) -> RunResult:
+    """Train one method on one task and write the run folder.
+
+    Run folder: adapter.safetensors + adapter.json, train_config.yaml, metrics.json,
+    metrics.csv (one row per epoch), results.json. Every file is written atomically."""
+    cfg.validate()
+    method_cfg = cfg.build_method_config()
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    backbone = create_backbone(cfg.backbone, weights=cfg.weights)
+    image_size, normalizer = data_settings(backbone)
+    normalizer = normalizer.to(device)
+    if task is None:
+        task = load_task(cfg.data, image_size, seed=cfg.data_seed, progress=cfg.progress)
+    train_split = task.split(cfg.train_split)
+    val_split = task.splits.get(cfg.val_split) if cfg.val_split else None
+    eval_split = task.splits.get(cfg.eval_split)
+
+    seed_everything(cfg.seed)
+    model = wrap(backbone, method_cfg, task.num_classes, global_pool=cfg.global_pool).to(device)
+    counts = count_parameters(model)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "train_config.yaml", cfg.to_yaml())
+
+    steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
+    cached = method_cfg.method_name == "linear" and cfg.cache_features and cfg.augment == "none"
+    start = time.perf_counter()
+    if cached:
+        # The frozen backbone runs once per image; the head then trains on features.
+        model.eval()
+        feats = {
+            name: predict(
+                model.forward_pre_logits, s.images, device, cfg.precision, prepare=normalizer
+            )
+            for name, s in task.splits.items()
+        }
+        trainable: nn.Module = _HeadOnFeatures(model.head)
+        inputs = {name: f for name, f in feats.items()}
+        prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
+    else:
+        trainable = model
+        inputs = {name: s.images for name, s in task.splits.items()}
+        prepare = normalizer
+
+    optimizer = build_optimizer(trainable, cfg, method_cfg.optimizer, device)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    metrics: list[dict[str, Any]] = []
+    labels = train_split.labels
+    bar = tqdm(
+        total=cfg.epochs * steps_per_epoch,
+        disable=not cfg.progress,
+        desc=f"{method_cfg.method_name}",
+        unit="step",
+        dynamic_ncols=True,
+    )
+    update = 0
+    val_acc: float | None = None
+    for epoch in range(cfg.epochs):
+        trainable.train()
+        epoch_start = time.perf_counter()
+        loss_sum = correct = seen = 0.0
+        for idx in batches(len(train_split), cfg.batch_size, generator):
+            x = inputs[cfg.train_split][idx]
+            if not cached:
+                x = apply_augment(cfg.augment, x, generator)
+            x = x.to(device, non_blocking=True)
+            y = labels[idx].to(device, non_blocking=True)
+            if prepare is not None:
+                x = prepare(x)
+            with autocast(device, cfg.precision):
+                logits = trainable(x)
+            loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            update += 1
+            scheduler.step_update(update)
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(-1) == y).sum().item()
+            seen += len(idx)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / seen,
+            "train_top1": correct / seen,
+        }
+        if not math.isfinite(row["train_loss"]):
+            bar.close()
+            raise FloatingPointError(
+                f"training diverged (loss {row['train_loss']}) at epoch {epoch + 1}; "
+                "lower --base-lr"
+            )
+        if val_split is not None:
+            trainable.eval()
+            val_logits = predict(
+                trainable, inputs[cfg.val_split], device, cfg.precision, prepare=prepare
+            )
+            val_acc = (val_logits.argmax(-1).cpu() == val_split.labels).float().mean().item()
+            row["val_top1"] = val_acc
+            bar.set_postfix(
+                epoch=epoch + 1, loss=f"{row['train_loss']:.3f}", val=f"{100 * val_acc:.1f}%"
+            )
+        row["epoch_seconds"] = time.perf_counter() - epoch_start
+        metrics.append(row)
+        write_json(out_dir / "metrics.json", metrics)
+        write_csv(out_dir / "metrics.csv", metrics)
+    bar.close()
+    train_seconds = time.perf_counter() - start
+
+    eval_acc = None
+    if eval_split is not None:
+        trainable.eval()
+        logits = predict(trainable, inputs[cfg.eval_split], device, cfg.precision, prepare=prepare)
+        eval_acc = (logits.argmax(-1).cpu() == eval_split.labels).float().mean().item()
+    model.cpu()
+    if save_checkpoint:
+        save(model, out_dir)
+    result = RunResult(
+        method=method_cfg.method_name,
+        backbone=model.backbone_name or cfg.backbone,
+        task=task.name,
+        num_classes=task.num_classes,
+        tunable_params=counts.tunable,
+        tunable_percent=counts.percent,
+        val_top1=val_acc,
+        eval_split=cfg.eval_split,
+        eval_top1=eval_acc,
+        train_seconds=train_seconds,
+        epochs=cfg.epochs,
+        output_dir=str(out_dir),
+    )
+    write_json(out_dir / "results.json", {**result.to_dict(), "parameters": counts.to_dict()})
+    return result
+
+
+def results_table(results: list[RunResult]) -> str:
+    return format_table([r.table_row() for r in results])

@@ -1,0 +1,110 @@
+"""The command line: flags ↔ config fields, tables, and clear errors (exit code 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from e2vpt.cli.main import build_parser, config_from_args, main
+
+
+def parse_train(argv: list[str]):
+    args = build_parser().parse_args(["train", *argv])
+    return config_from_args(args, argv)
+
+
+def test_every_flag_maps_to_a_config_field(tmp_path: Path) -> None:
+    cfg = parse_train(
+        [
+            "--method",
+            "e2vpt",
+            "--visual-tokens",
+            "7",
+            "--no-shared-kv",
+            "--epochs",
+            "3",
+            "--base-lr",
+            "0.5",
+            "--data",
+            "builtin:count",
+        ]
+    )
+    assert cfg.method == "e2vpt" and cfg.epochs == 3 and cfg.base_lr == 0.5
+    assert cfg.method_config == {"visual_tokens": 7, "shared_kv": False}
+    assert cfg.build_method_config().visual_tokens == 7
+    assert cfg.compare_linear is False  # flags given: not the quickstart
+
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump({"method": "vpt-deep", "method_config": {"tokens": 4}, "epochs": 9})
+    )
+    cfg = parse_train(["--config", str(config), "--epochs", "2"])
+    assert (cfg.method, cfg.epochs, cfg.method_config) == ("vpt-deep", 2, {"tokens": 4})
+
+
+def test_no_arguments_is_the_quickstart() -> None:
+    cfg = parse_train([])
+    assert cfg.compare_linear and cfg.method == "e2vpt"
+    assert cfg.backbone == "demo_vit_cifar10" and cfg.data.startswith("builtin:")
+
+
+def test_info_prints_the_parameter_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "--backbone", "vit_base_patch16_224", "--json"]) == 0
+    rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["e2vpt"]["without head"] == 12 * 10 * 768 + 12 * 5 * 768
+    assert rows["vpt-deep"]["without head"] == 12 * 10 * 768
+    assert rows["linear"]["tunable"] == 768 * 100 + 100
+    assert rows["full"]["backbone"] == 85_798_656
+    assert main(["info"]) == 0
+    assert "| e2vpt" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--method", "lora"], "unknown method 'lora'"),
+        (["train", "--method", "vpt-deep", "--kv-tokens", "3"], "--kv-tokens does not apply"),
+        (["train", "--data", "/no/such/folder", "--method", "linear"], "/no/such/folder"),
+        (["train", "--backbone", "vit_nope"], "unknown backbone"),
+        (["train", "--epochs", "0"], "epochs must be >= 1"),
+        (["eval", "/no/such/run"], "not an e2vpt checkpoint"),
+    ],
+)
+def test_bad_input_is_a_clear_error(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, *(["--output-dir", str(tmp_path)] if argv[0] == "train" else [])]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--method",
+            "vpt-shallow",
+            "--tokens",
+            "1",
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "0",
+            "--output-dir",
+            str(run),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| vpt-shallow" in out and "test top-1 %" in out
+    results = json.loads((run / "results.json").read_text())
+    assert main(["eval", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"{100 * results['eval_top1']:.2f}" in out
+    # a checkpoint for 9 classes cannot be evaluated on an 8-class task
+    assert main(["eval", str(run), "--data", "builtin:orientation"]) == 2
+    assert "9-class head" in capsys.readouterr().err

@@ -1,0 +1,37 @@
+"""Tiny models and data so the whole suite runs in minutes on two CPU cores."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=4, mlp_ratio=2.0)
+
+
+def make_tiny_vit(seed: int = 0, **overrides: object) -> VisionTransformer:
+    torch.manual_seed(seed)
+    model = VisionTransformer(num_classes=10, **{**TINY, **overrides})
+    model.e2vpt_backbone_name = "tiny_test_vit"
+    model.eval()
+    return model
+
+
+@pytest.fixture
+def tiny_vit() -> Callable[..., VisionTransformer]:
+    return make_tiny_vit
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    torch.manual_seed(123)
+    return torch.randn(4, 3, 32, 32)
+
+
+def clone(model: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(model)
