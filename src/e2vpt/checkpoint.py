@@ -18,6 +18,7 @@ from torch import nn
 
 from e2vpt.methods.base import ConfigError, method_config
 from e2vpt.model import PromptedViT, backbone_fingerprint, backbone_signature, wrap
+from e2vpt.state import diff_state
 
 TENSORS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter.json"
@@ -185,17 +186,11 @@ def load(
         global_pool=meta.get("global_pool"),
     )
     expected = tunable_state(model)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    shapes = [
-        f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in tensors and tensors[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or shapes:
+    diff = diff_state(expected, tensors)
+    if diff:
         raise CheckpointError(
             f"{tensors_path} does not fit method {meta['method']!r} on this backbone: "
-            f"missing {missing[:8]}, unexpected {unexpected[:8]}, shape mismatches {shapes[:8]}"
+            f"{diff.describe(8)}"
         )
     with torch.no_grad():
         params = dict(model.named_parameters())

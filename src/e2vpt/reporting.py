@@ -12,7 +12,9 @@ from typing import Any
 from e2vpt.checkpoint import atomic_write_text
 
 
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+def format_table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, float_digits: int = 2
+) -> str:
     """A Markdown table (readable in a terminal, pasteable into a README)."""
     if not rows:
         return "(no rows)"
@@ -20,7 +22,7 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
 
     def cell(value: Any) -> str:
         if isinstance(value, float):
-            return f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e5 else f"{value:.2f}"
+            return f"{value:.{float_digits}f}"
         if isinstance(value, int) and not isinstance(value, bool):
             return f"{value:,}"
         return "" if value is None else str(value)

@@ -12,6 +12,7 @@ from torch import nn
 
 from e2vpt.backbones.demo import DEMO_BACKBONE, demo_vit_cifar10  # noqa: F401 (registers)
 from e2vpt.methods.base import ConfigError
+from e2vpt.state import diff_state
 
 ALIASES = {"demo-vit-cifar10": DEMO_BACKBONE, "demo": DEMO_BACKBONE}
 
@@ -67,19 +68,11 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
         k for k in state if k.startswith("head.") and k in own and own[k].shape != state[k].shape
     }
     state = {k: v for k, v in state.items() if k not in ignore_head}
-    missing = [k for k in own if k not in state and not k.startswith("head.")]
-    unexpected = [k for k in state if k not in own]
-    wrong_shape = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in state
-        if k in own and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or wrong_shape:
+    diff = diff_state(own, state, may_be_missing=lambda key: key.startswith("head."))
+    if diff:
         raise BackboneError(
-            f"weights file {path} does not fit {type(model).__name__}: "
-            f"missing keys {missing[:10]}{' …' if len(missing) > 10 else ''}, "
-            f"unexpected keys {unexpected[:10]}{' …' if len(unexpected) > 10 else ''}, "
-            f"shape mismatches {wrong_shape[:10]}. Is it a checkpoint for another architecture?"
+            f"weights file {path} does not fit {type(model).__name__}: {diff.describe()}. "
+            "Is it a checkpoint for another architecture?"
         )
     model.load_state_dict(state, strict=False)
 

@@ -269,14 +269,16 @@ def cmd_info(args: argparse.Namespace) -> int:
             backbone = create_backbone(name, pretrained=False)
         model = wrap(backbone, config, args.num_classes)
         counts = count_parameters(model)
-        described = ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if k not in ("deep",))
+        described = ", ".join(
+            f"{k}={v}" for k, v in config.to_dict().items() if "tokens" in k or k == "shared_kv"
+        )
         rows.append(
             {
                 "method": config.method_name,
                 "options": described,
                 "tunable": counts.tunable,
                 "without head": counts.tunable_without_head,
-                "% of backbone": round(counts.percent, 3),
+                "% of backbone": counts.percent,
                 "backbone": counts.backbone,
             }
         )
@@ -284,7 +286,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         print(f"backbone {name}, {args.num_classes} classes")
-        print(format_table(rows))
+        print(format_table(rows, float_digits=3))
     return 0
 
 
