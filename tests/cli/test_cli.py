@@ -47,7 +47,8 @@ def test_every_flag_maps_to_a_config_field(tmp_path: Path) -> None:
 
 def test_no_arguments_is_the_quickstart() -> None:
     cfg = parse_train([])
-    assert cfg.compare_linear and cfg.method == "e2vpt"
+    assert cfg.compare_linear and cfg.method == "e2vpt" and cfg.optimizer == "adamw"
+    assert parse_train(["--quickstart", "--epochs", "3"]).compare_linear
     assert cfg.backbone == "demo_vit_cifar10" and cfg.data.startswith("builtin:")
 
 

@@ -107,3 +107,22 @@ def test_bad_configs_fail_before_training(tmp_path: Path) -> None:
     with pytest.raises(e2vpt.ConfigError, match="unknown config key"):
         TrainConfig.from_dict({"epoch": 3})
     assert not any(tmp_path.iterdir())
+
+
+def test_linear_probe_search_keeps_the_best_on_val(tmp_path: Path, small_task: Task) -> None:
+    from e2vpt.training.trainer import linear_probe_search
+
+    cfg = TrainConfig(output_dir=str(tmp_path), epochs=2, batch_size=32, progress=False)
+    best = linear_probe_search(cfg, [0.01, 0.1, 1.0], task=small_task)
+    trials = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("base_lr_*/results.json"))]
+    assert len(trials) == 3
+    assert best.val_top1 == max(t["val_top1"] for t in trials)
+    assert best.method == "linear"
+
+
+def test_optimizer_choice(tmp_path: Path) -> None:
+    assert TrainConfig(method="e2vpt").resolved_optimizer() == "sgd"
+    assert TrainConfig(method="full").resolved_optimizer() == "adamw"
+    assert TrainConfig(method="e2vpt", optimizer="adamw").resolved_optimizer() == "adamw"
+    with pytest.raises(e2vpt.ConfigError, match="optimizer must be"):
+        TrainConfig(optimizer="lamb").validate()

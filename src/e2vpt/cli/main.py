@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import re
 import sys
 import types
 import typing
@@ -21,7 +23,7 @@ from e2vpt.data import DataError, load_task
 from e2vpt.methods.base import _REGISTRY, ConfigError, MethodConfig, list_methods, method_config
 from e2vpt.model import wrap
 from e2vpt.reporting import format_table, write_json
-from e2vpt.training.config import TrainConfig
+from e2vpt.training.config import QUICKSTART, TrainConfig
 
 USER_ERRORS = (
     ConfigError,
@@ -46,16 +48,31 @@ def _base_type(annotation: Any) -> Any:
     return origin or annotation
 
 
+def field_comments(cls: type) -> dict[str, str]:
+    """The trailing ``# comment`` of each field in a config dataclass: its --help text."""
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for match in re.finditer(r"^\s+(\w+): [^=\n]+=[^#\n]*#\s*(.+)$", source, re.MULTILINE):
+            comments[match.group(1)] = match.group(2).strip()
+    return comments
+
+
 def _add_dataclass_flags(
     parser: argparse.ArgumentParser, cls: type, skip: set[str], help_prefix: str = ""
 ) -> None:
     hints = typing.get_type_hints(cls)
+    comments = field_comments(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         kind = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
-        text = f"{help_prefix}{f.name} (default: {default})"
+        described = comments.get(f.name, f.name).replace("%", "%%")
+        text = f"{help_prefix}{described} (default: {default})"
         if kind is bool:
             parser.add_argument(
                 _flag(f.name),
@@ -158,7 +175,7 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> TrainConf
             method_values[key] = value
     quickstart = args.quickstart or (not argv and args.config is None)
     if quickstart:
-        values.setdefault("compare_linear", True)
+        values = {**QUICKSTART, **values}
     cfg = TrainConfig.from_dict({**values, "method_config": method_values})
     owners = method_option_owners()
     spec_name = cfg.method
@@ -173,7 +190,7 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> TrainConf
 
 
 def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from e2vpt.training.trainer import results_table, train
+    from e2vpt.training.trainer import linear_probe_search, results_table, train
 
     cfg = config_from_args(args, argv)
     method_cfg = cfg.build_method_config()
@@ -184,14 +201,12 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     )
     results = [train(cfg)]
     if cfg.compare_linear and method_cfg.method_name != "linear":
-        linear_cfg = dataclasses.replace(
-            cfg,
-            method="linear",
-            method_config={},
-            base_lr=None,
-            output_dir=str(Path(cfg.output_dir) / "linear"),
-        )
-        results.append(train(linear_cfg))
+        linear_cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir) / "linear"))
+        default = dataclasses.replace(linear_cfg, method="linear", method_config={}, base_lr=None)
+        grid = [default.resolved_base_lr() * f for f in (0.25, 1.0, 4.0)]
+        print(f"linear probing baseline: base_lr grid {grid}, best on {cfg.val_split}",
+              file=sys.stderr)
+        results.append(linear_probe_search(linear_cfg, grid))
     print()
     print(results_table(results))
     if len(results) == 2 and results[0].eval_top1 is not None and results[1].eval_top1 is not None:

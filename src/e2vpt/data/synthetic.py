@@ -15,21 +15,14 @@ SPLIT_SIZES = {"train": 800, "val": 200, "test": 1000}
 _SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
 
 
-def _background(rng: np.random.Generator) -> Image.Image:
-    """Smooth random colour gradient plus noise, so the task is not trivially linear."""
-    a, b = rng.integers(0, 256, size=(2, 3))
-    t = np.linspace(0, 1, CANVAS)[None, :, None]
-    if rng.random() < 0.5:
-        t = t.transpose(1, 0, 2)
-    img = a[None, None, :] * (1 - t) + b[None, None, :] * t
-    img = img + rng.normal(0, 12, size=(CANVAS, CANVAS, 3))
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-
-
-def _contrast_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+def _background(rng: np.random.Generator) -> tuple[Image.Image, tuple[int, int, int]]:
+    """A random flat colour with mild noise, and a colour that stands out from it:
+    the objects, not the canvas, carry the label."""
     colour = rng.integers(0, 256, size=3)
-    colour[rng.integers(0, 3)] = rng.choice([0, 255])
-    return tuple(int(c) for c in colour)
+    img = colour[None, None, :] + rng.normal(0, 6, size=(CANVAS, CANVAS, 3))
+    contrast = (colour + 128 + rng.integers(-40, 41, size=3)) % 256
+    canvas = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    return canvas, (int(contrast[0]), int(contrast[1]), int(contrast[2]))
 
 
 def _draw_shape(
@@ -54,11 +47,11 @@ def _position(rng: np.random.Generator) -> tuple[Image.Image, int]:
     label = int(rng.integers(0, 9))
     row, col = divmod(label, 3)
     cell = CANVAS / 3
-    r = float(rng.uniform(2.5, 4.5))
+    r = float(rng.uniform(3.0, 5.0))
     cx = col * cell + rng.uniform(r * 0.5, cell - r * 0.5)
     cy = row * cell + rng.uniform(r * 0.5, cell - r * 0.5)
-    img = _background(rng)
-    _draw_shape(ImageDraw.Draw(img), int(rng.integers(0, 3)), cx, cy, r, _contrast_colour(rng))
+    img, colour = _background(rng)
+    _draw_shape(ImageDraw.Draw(img), int(rng.integers(0, 3)), cx, cy, r, colour)
     return img, label
 
 
@@ -69,10 +62,10 @@ def _orientation(rng: np.random.Generator) -> tuple[Image.Image, int]:
     length = rng.uniform(9, 13)
     cx, cy = rng.uniform(11, 21, size=2)
     dx, dy = math.cos(angle) * length, -math.sin(angle) * length
-    img = _background(rng)
+    img, colour = _background(rng)
     ImageDraw.Draw(img).line(
         [(cx - dx, cy - dy), (cx + dx, cy + dy)],
-        fill=_contrast_colour(rng),
+        fill=colour,
         width=int(rng.integers(2, 4)),
     )
     return img, label
@@ -81,9 +74,8 @@ def _orientation(rng: np.random.Generator) -> tuple[Image.Image, int]:
 def _count(rng: np.random.Generator) -> tuple[Image.Image, int]:
     """6 classes: 1–6 small shapes that do not overlap."""
     label = int(rng.integers(0, 6))
-    img = _background(rng)
+    img, colour = _background(rng)
     draw = ImageDraw.Draw(img)
-    colour = _contrast_colour(rng)
     centres: list[tuple[float, float]] = []
     while len(centres) < label + 1:
         c = (float(rng.uniform(4, 28)), float(rng.uniform(4, 28)))

@@ -20,10 +20,10 @@ if TYPE_CHECKING:
 @dataclass
 class E2VPTConfig(MethodConfig):
     name: ClassVar[str] = "e2vpt"
-    visual_tokens: int = 10
-    kv_tokens: int = 5
+    visual_tokens: int = 10  # deep visual prompt tokens per block
+    kv_tokens: int = 5  # key-value prompt tokens per attention
     shared_kv: bool = True  # one tensor serves as key and value prompt (official default)
-    visual_dropout: float = 0.1
+    visual_dropout: float = 0.1  # dropout on the visual prompts
     mask_segments: int = 16  # R: segments per visual token for segment-wise pruning
 
     def validate(self) -> None:

@@ -20,9 +20,9 @@ class VPTConfig(MethodConfig):
     """
 
     name: ClassVar[str] = "vpt"
-    tokens: int = 10
-    deep: bool = False
-    dropout: float | None = None
+    tokens: int = 10  # prompt tokens per set
+    deep: bool = False  # a prompt set per block (VPT-deep)
+    dropout: float | None = None  # prompt dropout; None: 0.1 deep, 0.0 shallow
     project: bool = False  # optional linear projection of the prompts (off in the paper)
 
     def __post_init__(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import time
@@ -146,11 +147,17 @@ class _HeadOnFeatures(nn.Module):
         return self.head(x)
 
 
-def train(cfg: TrainConfig, task: Task | None = None, save_checkpoint: bool = True) -> RunResult:
+def train(
+    cfg: TrainConfig,
+    task: Task | None = None,
+    save_checkpoint: bool = True,
+    feature_cache: dict[tuple, dict[str, torch.Tensor]] | None = None,
+) -> RunResult:
     """Train one method on one task and write the run folder.
 
     Run folder: adapter.safetensors + adapter.json, train_config.yaml, metrics.json,
-    metrics.csv (one row per epoch), results.json. Every file is written atomically."""
+    metrics.csv (one row per epoch), results.json. Every file is written atomically.
+    ``feature_cache`` lets several linear probes of one backbone × task share features."""
     cfg.validate()
     method_cfg = cfg.build_method_config()
     device = resolve_device(cfg.device)
@@ -177,21 +184,24 @@ def train(cfg: TrainConfig, task: Task | None = None, save_checkpoint: bool = Tr
     if cached:
         # The frozen backbone runs once per image; the head then trains on features.
         model.eval()
-        feats = {
-            name: predict(
-                model.forward_pre_logits, s.images, device, cfg.precision, prepare=normalizer
-            )
-            for name, s in task.splits.items()
-        }
+        key = (cfg.backbone, cfg.weights, cfg.global_pool, cfg.precision, task.name, id(task))
+        cache = feature_cache if feature_cache is not None else {}
+        if key not in cache:
+            cache[key] = {
+                name: predict(
+                    model.forward_pre_logits, s.images, device, cfg.precision, prepare=normalizer
+                )
+                for name, s in task.splits.items()
+            }
         trainable: nn.Module = _HeadOnFeatures(model.head)
-        inputs = {name: f for name, f in feats.items()}
+        inputs = dict(cache[key])
         prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
     else:
         trainable = model
         inputs = {name: s.images for name, s in task.splits.items()}
         prepare = normalizer
 
-    optimizer = build_optimizer(trainable, cfg, method_cfg.optimizer, device)
+    optimizer = build_optimizer(trainable, cfg, cfg.resolved_optimizer(), device)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     generator = torch.Generator().manual_seed(cfg.seed)
     metrics: list[dict[str, Any]] = []
@@ -283,6 +293,34 @@ def train(cfg: TrainConfig, task: Task | None = None, save_checkpoint: bool = Tr
     )
     write_json(out_dir / "results.json", {**result.to_dict(), "parameters": counts.to_dict()})
     return result
+
+
+def linear_probe_search(
+    cfg: TrainConfig, base_lrs: list[float], task: Task | None = None
+) -> RunResult:
+    """Linear probes over a small lr grid on cached features; the best on val wins
+    (ties → smaller lr). Cheap: the backbone runs once per image for the whole grid."""
+    if task is None:
+        backbone = create_backbone(cfg.backbone, weights=cfg.weights)
+        image_size, _ = data_settings(backbone)
+        task = load_task(cfg.data, image_size, seed=cfg.data_seed, progress=cfg.progress)
+    cache: dict[tuple, dict[str, torch.Tensor]] = {}
+    best: RunResult | None = None
+    for lr in sorted(base_lrs):
+        trial = dataclasses.replace(
+            cfg,
+            method="linear",
+            method_config={},
+            base_lr=lr,
+            output_dir=str(Path(cfg.output_dir) / f"base_lr_{lr:g}"),
+            progress=False,
+        )
+        result = train(trial, task=task, feature_cache=cache)
+        score = result.val_top1 if result.val_top1 is not None else -1.0
+        if best is None or score > (best.val_top1 if best.val_top1 is not None else -1.0):
+            best = result
+    assert best is not None
+    return best
 
 
 def results_table(results: list[RunResult]) -> str:
