@@ -204,8 +204,10 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         linear_cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir) / "linear"))
         default = dataclasses.replace(linear_cfg, method="linear", method_config={}, base_lr=None)
         grid = [default.resolved_base_lr() * f for f in (0.25, 1.0, 4.0)]
-        print(f"linear probing baseline: base_lr grid {grid}, best on {cfg.val_split}",
-              file=sys.stderr)
+        print(
+            f"linear probing baseline: base_lr grid {grid}, best on {cfg.val_split}",
+            file=sys.stderr,
+        )
         results.append(linear_probe_search(linear_cfg, grid))
     print()
     print(results_table(results))
