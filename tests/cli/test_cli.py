@@ -109,3 +109,20 @@ def test_train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     # a checkpoint for 9 classes cannot be evaluated on an 8-class task
     assert main(["eval", str(run), "--data", "builtin:orientation"]) == 2
     assert "9-class head" in capsys.readouterr().err
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_are_valid(example: Path) -> None:
+    cfg = parse_train(["--config", str(example)])
+    assert cfg.build_method_config().method_name == cfg.method
+
+
+def test_quickstart_example_is_what_the_quickstart_runs() -> None:
+    written = parse_train(["--config", str(EXAMPLES / "quickstart.yaml")])
+    default = parse_train([])
+    assert written.build_method_config() == default.build_method_config()
+    written.method_config = default.method_config = {}
+    assert written.to_dict() == default.to_dict()
