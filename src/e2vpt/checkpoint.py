@@ -29,6 +29,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not fit the backbone it is loaded onto."""
 
 
+def _publish(tmp: str | Path, target: Path) -> None:
+    """Give the temp file ordinary permissions (mkstemp makes it 0600), then rename."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, target)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -37,7 +45,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -50,10 +58,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 def tunable_state(model: PromptedViT) -> dict[str, torch.Tensor]:
     """What a checkpoint stores: trained parameters plus the method's own buffers (masks)."""
     state = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if model.visual_prompts is not None:
-        for name, buf in model.visual_prompts.named_buffers():
-            if name in model.visual_prompts._buffers and name in ("token_mask", "segment_mask"):
-                state[f"visual_prompts.{name}"] = buf
+    prompts = model.visual_prompts
+    if prompts is not None and prompts.mask_segments is not None:
+        state["visual_prompts.token_mask"] = prompts.token_mask
+        state["visual_prompts.segment_mask"] = prompts.segment_mask
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
@@ -85,7 +93,7 @@ def save(model: PromptedViT, directory: str | os.PathLike[str]) -> Path:
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
             "sha256": digest,
         }
-        os.replace(tmp, directory / TENSORS_FILE)
+        _publish(tmp, directory / TENSORS_FILE)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
