@@ -132,6 +132,7 @@ scratch on CIFAR-10 so that e2vpt can be tried offline, with no download.
 * Made by: `{card["command"]}` (resumable; the CIFAR-10 tarball is
   `../shared/data/cifar10.tar.gz`, an image folder of JPEG re-encodes).
 * Machine: {card.get("machine", "2-core AMD EPYC CPU, no GPU")}.
+{("* Note: " + card["notes"]) if card.get("notes") else ""}
 * Intended use: demos, tests and CPU benchmarks of prompt tuning. It is far weaker than
   an ImageNet-21k ViT; accuracy figures obtained with it are not comparable to the
   papers'.
