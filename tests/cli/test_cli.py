@@ -97,6 +97,8 @@ def test_train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
             "--output-dir",
             str(run),
             "--no-progress",
+            "--data",
+            "builtin:position",
         ]
     )
     assert code == 0
