@@ -190,7 +190,12 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> TrainConf
 
 
 def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from e2vpt.training.trainer import linear_probe_search, results_table, train
+    from e2vpt.training.trainer import (
+        linear_probe_search,
+        load_task_for,
+        results_table,
+        train,
+    )
 
     cfg = config_from_args(args, argv)
     method_cfg = cfg.build_method_config()
@@ -199,8 +204,10 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         f" → {cfg.output_dir}",
         file=sys.stderr,
     )
-    results = [train(cfg)]
-    if cfg.compare_linear and method_cfg.method_name != "linear":
+    compare = cfg.compare_linear and method_cfg.method_name != "linear"
+    task = load_task_for(cfg) if compare else None  # decoded once for both runs
+    results = [train(cfg, task=task)]
+    if compare:
         linear_cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir) / "linear"))
         default = dataclasses.replace(linear_cfg, method="linear", method_config={}, base_lr=None)
         grid = [default.resolved_base_lr() * f for f in (0.25, 1.0, 4.0)]
@@ -208,7 +215,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             f"linear probing baseline: base_lr grid {grid}, best on {cfg.val_split}",
             file=sys.stderr,
         )
-        results.append(linear_probe_search(linear_cfg, grid))
+        results.append(linear_probe_search(linear_cfg, grid, task=task))
     print()
     print(results_table(results))
     if len(results) == 2 and results[0].eval_top1 is not None and results[1].eval_top1 is not None:

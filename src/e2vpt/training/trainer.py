@@ -147,6 +147,16 @@ class _HeadOnFeatures(nn.Module):
         return self.head(x)
 
 
+def _load_task(cfg: TrainConfig, image_size: int) -> Task:
+    return load_task(cfg.data, image_size, seed=cfg.data_seed, progress=cfg.progress)
+
+
+def load_task_for(cfg: TrainConfig) -> Task:
+    """The run's task at its backbone's input size, to share between several runs."""
+    image_size, _ = data_settings(create_backbone(cfg.backbone, weights=cfg.weights))
+    return _load_task(cfg, image_size)
+
+
 def train(
     cfg: TrainConfig,
     task: Task | None = None,
@@ -166,7 +176,7 @@ def train(
     image_size, normalizer = data_settings(backbone)
     normalizer = normalizer.to(device)
     if task is None:
-        task = load_task(cfg.data, image_size, seed=cfg.data_seed, progress=cfg.progress)
+        task = _load_task(cfg, image_size)
     train_split = task.split(cfg.train_split)
     val_split = task.splits.get(cfg.val_split) if cfg.val_split else None
     eval_split = task.splits.get(cfg.eval_split)
@@ -300,10 +310,7 @@ def linear_probe_search(
 ) -> RunResult:
     """Linear probes over a small lr grid on cached features; the best on val wins
     (ties → smaller lr). Cheap: the backbone runs once per image for the whole grid."""
-    if task is None:
-        backbone = create_backbone(cfg.backbone, weights=cfg.weights)
-        image_size, _ = data_settings(backbone)
-        task = load_task(cfg.data, image_size, seed=cfg.data_seed, progress=cfg.progress)
+    task = task if task is not None else load_task_for(cfg)
     cache: dict[tuple, dict[str, torch.Tensor]] = {}
     best: RunResult | None = None
     for lr in sorted(base_lrs):
