@@ -36,6 +36,10 @@ def count_parameters(model: PromptedViT) -> ParameterCount:
             tunable += param.numel()
             if name in head_names:
                 head += param.numel()
+    prompts = model.visual_prompts
+    if prompts is not None and prompts.pruned and prompts.prompts.requires_grad:
+        # pruned segments are zeros held there by the mask: neither trained nor stored
+        tunable -= prompts.prompts.numel() - prompts.stored_numel()
     backbone = model.backbone_param_count
     return ParameterCount(
         tunable=tunable,

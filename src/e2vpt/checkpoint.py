@@ -55,14 +55,35 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+SPARSE_PREFIX = "visual_prompts."
+
+
 def tunable_state(model: PromptedViT) -> dict[str, torch.Tensor]:
-    """What a checkpoint stores: trained parameters plus the method's own buffers (masks)."""
+    """What a checkpoint stores: trained parameters plus the method's own buffers (masks).
+
+    A pruned model stores its visual prompts sparsely: the surviving values plus the
+    index of the kept tokens and of their kept segments."""
     state = {n: p for n, p in model.named_parameters() if p.requires_grad}
     prompts = model.visual_prompts
-    if prompts is not None and prompts.mask_segments is not None:
+    if prompts is not None and prompts.pruned:
+        del state["visual_prompts.prompts"]
+        state.update({SPARSE_PREFIX + k: v for k, v in prompts.sparse_state().items()})
+    elif prompts is not None and prompts.mask_segments is not None:
         state["visual_prompts.token_mask"] = prompts.token_mask
         state["visual_prompts.segment_mask"] = prompts.segment_mask
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def _pruning_summary(model: PromptedViT) -> dict[str, Any] | None:
+    prompts = model.visual_prompts
+    if prompts is None or not prompts.pruned or prompts.kept_tokens is None:
+        return None
+    return {
+        "original_tokens": prompts.original_tokens,
+        "kept_tokens": prompts.kept_tokens.tolist(),
+        "kept_segments_per_token": (prompts.segment_mask != 0).sum(dim=1).tolist(),
+        "stored_prompt_values": prompts.stored_numel(),
+    }
 
 
 def save(model: PromptedViT, directory: str | os.PathLike[str]) -> Path:
@@ -90,6 +111,7 @@ def save(model: PromptedViT, directory: str | os.PathLike[str]) -> Path:
             "method_config": config.to_dict(),
             "num_classes": model.num_classes,
             "masks_active": bool(model.visual_prompts and model.visual_prompts.masks_active),
+            "pruning": _pruning_summary(model),
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
             "sha256": digest,
         }
@@ -193,6 +215,21 @@ def load(
         backbone_name=meta["backbone"],
         global_pool=meta.get("global_pool"),
     )
+    sparse = SPARSE_PREFIX + "kept_tokens" in tensors
+    if sparse:
+        prompts = model.visual_prompts
+        if prompts is None or prompts.mask_segments is None:
+            raise CheckpointError(
+                f"{tensors_path} holds pruned visual prompts but method {meta['method']!r} "
+                "has no prunable prompts; the checkpoint is corrupt"
+            )
+        try:
+            prompts.prune(
+                tensors[SPARSE_PREFIX + "kept_tokens"],
+                tensors.get(SPARSE_PREFIX + "kept_segments", torch.empty(0)),
+            )
+        except ValueError as err:
+            raise CheckpointError(f"{tensors_path}: invalid pruning structure: {err}") from err
     expected = tunable_state(model)
     diff = diff_state(expected, tensors)
     if diff:
@@ -204,8 +241,14 @@ def load(
         params = dict(model.named_parameters())
         buffers = dict(model.named_buffers())
         for key, value in tensors.items():
+            if sparse and key.startswith(SPARSE_PREFIX):
+                continue
             target = params.get(key, buffers.get(key))
             target.copy_(value.to(target.dtype))
-    if model.visual_prompts is not None:
+    if sparse:
+        assert model.visual_prompts is not None
+        sparse_state = {k[len(SPARSE_PREFIX) :]: v for k, v in tensors.items()}
+        model.visual_prompts.load_sparse_state(sparse_state)
+    elif model.visual_prompts is not None:
         model.visual_prompts.masks_active = bool(meta.get("masks_active", False))
     return model.to(map_location)

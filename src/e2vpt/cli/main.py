@@ -22,6 +22,8 @@ from e2vpt.checkpoint import CheckpointError, load, read_config
 from e2vpt.data import DataError, load_task
 from e2vpt.methods.base import _REGISTRY, ConfigError, MethodConfig, list_methods, method_config
 from e2vpt.model import wrap
+from e2vpt.pruning.importance import SCORE_MODES
+from e2vpt.pruning.search import PruneSettings
 from e2vpt.reporting import format_table, write_json
 from e2vpt.training.config import QUICKSTART, TrainConfig
 
@@ -145,6 +147,48 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--precision", default="auto")
+
+    prune = sub.add_parser(
+        "prune",
+        help="E²VPT token/segment pruning + rewinding of a trained e2vpt run",
+        description="Score every visual token and segment by the gradient of the training "
+        "loss w.r.t. its mask, then for each (token fraction × segment fraction) of the grid "
+        "prune, rewind the survivors to their initial values and retrain with the run's own "
+        "hyper-parameters; the best on val (ties → more pruning) becomes the final pruned "
+        "checkpoint. Killed mid-grid, the same command resumes.",
+    )
+    prune.add_argument(
+        "--from", dest="run_dir", type=Path, required=True, help="run folder of an e2vpt run"
+    )
+    defaults = PruneSettings()
+    prune.add_argument(
+        "--token-fractions",
+        type=float,
+        nargs="+",
+        default=defaults.token_fractions,
+        help="fractions of visual tokens to prune (default: %(default)s)",
+    )
+    prune.add_argument(
+        "--segment-fractions",
+        type=float,
+        nargs="+",
+        default=defaults.segment_fractions,
+        help="fractions of each kept token's segments to prune (default: %(default)s)",
+    )
+    prune.add_argument(
+        "--score",
+        choices=SCORE_MODES,
+        default=defaults.score,
+        help="abs: mean |dL/dmask| (the paper); signed: mean -dL/dmask (default: %(default)s)",
+    )
+    prune.add_argument(
+        "--output-dir", help="report + final pruned checkpoint (default: RUN_DIR/pruned)"
+    )
+    prune.add_argument(
+        "--epochs", type=int, help="retraining epochs per grid point (default: the run's own)"
+    )
+    prune.add_argument("--device", help="default: the run's own")
+    prune.add_argument("--no-progress", dest="progress", action="store_false")
 
     info = sub.add_parser("info", help="parameter accounting for a backbone × method")
     info.add_argument("--backbone", default=DEMO_BACKBONE)
@@ -272,6 +316,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from e2vpt.pruning.search import prune_run
+
+    settings = PruneSettings(
+        token_fractions=args.token_fractions,
+        segment_fractions=args.segment_fractions,
+        score=args.score,
+        output_dir=args.output_dir,
+        epochs=args.epochs,
+        device=args.device,
+        progress=args.progress,
+    )
+    report = prune_run(args.run_dir, settings)
+    print()
+    print(report.table())
+    chosen = report.selected["plan"]
+    print(
+        f"\nselected on val: prune {chosen['token_fraction']:g} of tokens, "
+        f"{chosen['segment_fraction']:g} of segments → {report.selected['tokens_kept']} tokens, "
+        f"{report.selected['prompt_values']:,} prompt values"
+    )
+    print(
+        f"pruned checkpoint + report: {report.output_dir} (adapter.safetensors, "
+        "pruning_report.{md,csv,json}, pruning_curve.png)"
+    )
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from e2vpt.accounting import count_parameters
 
@@ -326,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args, argv[1:])
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "prune":
+            return cmd_prune(args)
         if args.command == "info":
             return cmd_info(args)
     except USER_ERRORS as err:

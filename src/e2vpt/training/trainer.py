@@ -162,12 +162,15 @@ def train(
     task: Task | None = None,
     save_checkpoint: bool = True,
     feature_cache: dict[tuple, dict[str, torch.Tensor]] | None = None,
+    customize: Callable[[PromptedViT], object] | None = None,
 ) -> RunResult:
     """Train one method on one task and write the run folder.
 
     Run folder: adapter.safetensors + adapter.json, train_config.yaml, metrics.json,
     metrics.csv (one row per epoch), results.json. Every file is written atomically.
-    ``feature_cache`` lets several linear probes of one backbone × task share features."""
+    ``feature_cache`` lets several linear probes of one backbone × task share features.
+    ``customize`` changes the freshly initialised model before the optimizer is built
+    (pruning's rewind uses it to train a pruned model from the original init)."""
     cfg.validate()
     method_cfg = cfg.build_method_config()
     device = resolve_device(cfg.device)
@@ -182,7 +185,10 @@ def train(
     eval_split = task.splits.get(cfg.eval_split)
 
     seed_everything(cfg.seed)
-    model = wrap(backbone, method_cfg, task.num_classes, global_pool=cfg.global_pool).to(device)
+    model = wrap(backbone, method_cfg, task.num_classes, global_pool=cfg.global_pool)
+    if customize is not None:
+        customize(model)
+    model = model.to(device)
     counts = count_parameters(model)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

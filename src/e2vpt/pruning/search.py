@@ -1,0 +1,296 @@
+"""The pruning pipeline behind ``e2vpt prune``: importance → grid of rewound retrains →
+selection on val → report and final pruned checkpoint.
+
+Every grid point is a complete run folder under ``OUT/grid/``; a point whose
+``pruning_point.json`` exists (written last) is reused, so a killed search resumes
+where it stopped."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from e2vpt.accounting import count_parameters
+from e2vpt.checkpoint import (
+    CONFIG_FILE,
+    TENSORS_FILE,
+    CheckpointError,
+    atomic_write_bytes,
+    atomic_write_text,
+    load,
+    read_config,
+)
+from e2vpt.data import Task
+from e2vpt.methods.base import ConfigError, method_config
+from e2vpt.pruning.importance import SCORE_MODES, ImportanceScores, importance_scores
+from e2vpt.pruning.plan import PruningPlan, apply_plan, check_fractions, make_plan
+from e2vpt.pruning.report import plot_pruning, report_rows
+from e2vpt.reporting import format_table, write_csv, write_json
+from e2vpt.training.config import TrainConfig
+from e2vpt.training.trainer import (
+    data_settings,
+    load_task_for,
+    resolve_device,
+    seed_everything,
+    train,
+)
+
+POINT_FILE = "pruning_point.json"
+IMPORTANCE_FILE = "importance.json"
+REPORT_NAME = "pruning_report"
+
+
+@dataclass
+class PruneSettings:
+    token_fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    segment_fractions: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5])
+    score: str = "abs"  # abs (the paper: mean |∂L/∂mask|) | signed (mean −∂L/∂mask)
+    output_dir: str | None = None  # None: RUN_DIR/pruned
+    epochs: int | None = None  # rewind epochs; None: the run's own (the papers' choice)
+    device: str | None = None  # None: the run's own
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.score not in SCORE_MODES:
+            raise ConfigError(f"--score must be one of {SCORE_MODES}, got {self.score!r}")
+        if not self.token_fractions or not self.segment_fractions:
+            raise ConfigError("the pruning grid needs at least one token and one segment fraction")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+
+
+@dataclass
+class PruneReport:
+    rows: list[dict[str, Any]]  # the original run first, then every grid point
+    selected: dict[str, Any]
+    output_dir: Path
+
+    def table(self) -> str:
+        return format_table(self.rows, float_digits=2)
+
+
+def _run_config(run_dir: Path, meta: dict[str, Any]) -> TrainConfig:
+    if meta["method"] != "e2vpt":
+        raise ConfigError(
+            f"{run_dir} holds a {meta['method']!r} run; pruning applies to e2vpt runs "
+            "(train one with `e2vpt train --method e2vpt ...`)"
+        )
+    if meta.get("pruning"):
+        raise ConfigError(
+            f"{run_dir} is already a pruned model; run `e2vpt prune` on the unpruned run it "
+            "came from"
+        )
+    path = run_dir / "train_config.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"{run_dir} has no train_config.yaml, which rewinding needs (same data and "
+            "hyper-parameters); prune a folder written by `e2vpt train`"
+        )
+    return TrainConfig.from_yaml(path)
+
+
+def _load_importance(path: Path, mode: str, source_sha: str | None) -> ImportanceScores | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if data.get("mode") != mode or data.get("source_sha256") != source_sha:
+        return None
+    return ImportanceScores.from_dict(data)
+
+
+def _load_point(path: Path, plan: PruningPlan, source_sha: str | None, epochs: int) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    same = (
+        data.get("plan") == plan.to_dict()
+        and data.get("source_sha256") == source_sha
+        and data.get("epochs") == epochs
+    )
+    return data if same else None
+
+
+def _select(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best val top-1; ties go to more pruning (fewer prompt values kept, then more
+    tokens pruned)."""
+    return max(
+        points,
+        key=lambda p: (
+            p["val_top1"],
+            -p["prompt_values"],
+            p["plan"]["token_fraction"],
+            p["plan"]["segment_fraction"],
+        ),
+    )
+
+
+def _copy_checkpoint(source: Path, target: Path) -> None:
+    """The selected point's checkpoint becomes OUT's own (tensors first, recipe last:
+    each file atomic, and the recipe's hash catches a pair that does not belong)."""
+    for name in (TENSORS_FILE, "train_config.yaml", "results.json", "metrics.csv", CONFIG_FILE):
+        if (source / name).is_file():
+            atomic_write_bytes(target / name, (source / name).read_bytes())
+
+
+def prune_run(
+    run_dir: str | Path, settings: PruneSettings | None = None, task: Task | None = None
+) -> PruneReport:
+    """Prune a trained e2vpt run folder; see the module docstring for the folder layout."""
+    settings = settings or PruneSettings()
+    settings.validate()
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"run folder {run_dir} does not exist; pass the output dir of a run")
+    meta = read_config(run_dir)
+    cfg = _run_config(run_dir, meta)
+    out = Path(settings.output_dir) if settings.output_dir else run_dir / "pruned"
+    if out.resolve() == run_dir.resolve():
+        raise ConfigError(
+            "--output-dir must differ from the run folder (its checkpoint would be replaced)"
+        )
+    overrides: dict[str, Any] = {"progress": settings.progress, "compare_linear": False}
+    if settings.device is not None:
+        overrides["device"] = settings.device
+    if settings.epochs is not None:
+        overrides["epochs"] = settings.epochs
+        if cfg.warmup_epochs is not None and cfg.warmup_epochs > settings.epochs:
+            overrides["warmup_epochs"] = None
+    cfg = dataclasses.replace(cfg, **overrides)
+    cfg.validate()
+    e2 = method_config("e2vpt", meta["method_config"])
+    grid = [(t, s) for t in settings.token_fractions for s in settings.segment_fractions]
+    for t, s in grid:  # every impossible fraction fails before any work
+        check_fractions(t, s, e2.visual_tokens, e2.mask_segments)
+
+    source_sha = meta.get("sha256")
+    log = sys.stderr
+    if task is None:
+        task = load_task_for(cfg)
+    if not cfg.val_split or cfg.val_split not in task.splits:
+        raise ConfigError(
+            f"pruning selects its fractions on the validation split, but task {task.name!r} "
+            f"has none (splits: {sorted(task.splits)}); add a val/ folder"
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    importance_path = out / IMPORTANCE_FILE
+    scores = _load_importance(importance_path, settings.score, source_sha)
+    if scores is None:
+        print(f"importance ({settings.score}) over {run_dir}'s training split", file=log)
+        device = resolve_device(cfg.device)
+        try:
+            model = load(run_dir).to(device)
+        except CheckpointError as err:
+            raise ConfigError(f"cannot load the run to prune: {err}") from err
+        _, normalizer = data_settings(model.backbone)
+        split = task.split(cfg.train_split)
+        seed_everything(cfg.seed)
+        scores = importance_scores(
+            model,
+            split.images,
+            split.labels,
+            batch_size=cfg.batch_size,
+            mode=settings.score,
+            prepare=normalizer.to(device),
+            device=device,
+            progress=settings.progress,
+        )
+        write_json(importance_path, {**scores.to_dict(), "source_sha256": source_sha})
+        del model
+
+    points: list[dict[str, Any]] = []
+    for index, (t, s) in enumerate(grid, start=1):
+        plan = make_plan(scores, t, s)
+        point_dir = out / "grid" / plan.label
+        done = _load_point(point_dir / POINT_FILE, plan, source_sha, cfg.epochs)
+        if done is None:
+            print(
+                f"[{index}/{len(grid)}] rewind + retrain: prune {t:g} of tokens, {s:g} of "
+                f"segments → {point_dir}",
+                file=log,
+            )
+            point_cfg = dataclasses.replace(cfg, output_dir=str(point_dir))
+            result = train(point_cfg, task=task, customize=lambda m, p=plan: apply_plan(m, p))
+            model = load(point_dir)
+            done = {
+                "plan": plan.to_dict(),
+                "source_sha256": source_sha,
+                "epochs": cfg.epochs,
+                "tokens_kept": len(plan.kept_tokens),
+                "prompt_values": model.visual_prompts.stored_numel(),
+                "parameters": count_parameters(model).to_dict(),
+                "val_top1": result.val_top1,
+                "eval_split": result.eval_split,
+                "eval_top1": result.eval_top1,
+                "train_seconds": result.train_seconds,
+                "run_dir": str(point_dir),
+            }
+            write_json(point_dir / POINT_FILE, done)
+        else:
+            print(f"[{index}/{len(grid)}] {plan.label}: done earlier, reused", file=log)
+        points.append(done)
+
+    selected = _select(points)
+    original = _original_point(run_dir, meta, e2)
+    rows = report_rows(original, points, selected)
+    _copy_checkpoint(Path(selected["run_dir"]), out)
+    summary = {
+        "source_run": str(run_dir),
+        "source_sha256": source_sha,
+        "score": settings.score,
+        "score_definition": ImportanceScores.__doc__,
+        "rewind_epochs": cfg.epochs,
+        "selection": "best val top-1; ties → fewer prompt values kept",
+        "selected": selected,
+        "original": original,
+        "points": points,
+        "importance": scores.to_dict(),
+    }
+    write_json(out / f"{REPORT_NAME}.json", summary)
+    write_csv(out / f"{REPORT_NAME}.csv", rows)
+    report = PruneReport(rows=rows, selected=selected, output_dir=out)
+    text = (
+        f"# Pruning report: {run_dir}\n\n{report.table()}\n\n"
+        f"Selected on val: {selected['plan']['token_fraction']:g} of tokens and "
+        f"{selected['plan']['segment_fraction']:g} of segments pruned "
+        f"({selected['tokens_kept']} of {e2.visual_tokens} tokens kept). "
+        f"Importance: {settings.score}; rewind: {cfg.epochs} epochs from the original init.\n"
+    )
+    atomic_write_text(out / f"{REPORT_NAME}.md", text)
+    plot_pruning(original, points, selected, out / "pruning_curve.png", title=str(run_dir))
+    return report
+
+
+def _original_point(run_dir: Path, meta: dict[str, Any], e2: Any) -> dict[str, Any]:
+    """The unpruned run as the reference row (its own results.json)."""
+    results_path = run_dir / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    prompt_values = (
+        meta.get("tensors", {}).get("visual_prompts.prompts", [0, 0, 0])
+        if meta.get("tensors")
+        else [0, 0, 0]
+    )
+    values = 1
+    for size in prompt_values:
+        values *= int(size)
+    return {
+        "plan": {"token_fraction": 0.0, "segment_fraction": 0.0},
+        "tokens_kept": e2.visual_tokens,
+        "prompt_values": values,
+        "parameters": results.get("parameters", {}),
+        "val_top1": results.get("val_top1"),
+        "eval_split": results.get("eval_split", "test"),
+        "eval_top1": results.get("eval_top1"),
+        "train_seconds": results.get("train_seconds"),
+        "run_dir": str(run_dir),
+    }
