@@ -9,6 +9,8 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from e2vpt.data import Split, Task, load_builtin
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=4, mlp_ratio=2.0)
@@ -31,6 +33,19 @@ def tiny_vit() -> Callable[..., VisionTransformer]:
 def images() -> torch.Tensor:
     torch.manual_seed(123)
     return torch.randn(4, 3, 32, 32)
+
+
+def small_builtin_task(name: str, sizes: tuple[int, int, int]) -> Task:
+    """The first (train, val, test) images of a built-in task at 32×32."""
+    full = load_builtin(f"builtin:{name}", image_size=32)
+    return Task(
+        name=f"small-{name}",
+        classes=full.classes,
+        splits={
+            split: Split(s.images[:n], s.labels[:n])
+            for (split, s), n in zip(full.splits.items(), sizes, strict=True)
+        },
+    )
 
 
 def clone(model: torch.nn.Module) -> torch.nn.Module:

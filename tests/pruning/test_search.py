@@ -10,26 +10,19 @@ import torch
 
 import e2vpt
 from e2vpt.cli.main import main
-from e2vpt.data import Split, Task, load_builtin
+from e2vpt.data import Task
 from e2vpt.model import wrap
 from e2vpt.pruning import apply_plan, make_plan
 from e2vpt.pruning import search as search_module
 from e2vpt.pruning.search import PruneSettings, prune_run
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.trainer import seed_everything, train
+from tests.conftest import small_builtin_task
 
 
 @pytest.fixture(scope="module")
 def tiny_task() -> Task:
-    full = load_builtin("builtin:count", image_size=32)
-    return Task(
-        name="tiny-count",
-        classes=full.classes,
-        splits={
-            name: Split(s.images[:n], s.labels[:n])
-            for (name, s), n in zip(full.splits.items(), (64, 32, 32), strict=True)
-        },
-    )
+    return small_builtin_task("count", (64, 32, 32))
 
 
 def run_config(out: Path, **overrides: object) -> TrainConfig:

@@ -9,23 +9,16 @@ import pytest
 import torch
 
 import e2vpt
-from e2vpt.data import Split, Task, load_builtin
+from e2vpt.data import Task
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.optim import build_optimizer, build_scheduler
 from e2vpt.training.trainer import train
+from tests.conftest import small_builtin_task
 
 
 @pytest.fixture(scope="module")
 def small_task() -> Task:
-    full = load_builtin("builtin:position", image_size=32)
-    return Task(
-        name="small-position",
-        classes=full.classes,
-        splits={
-            name: Split(s.images[:n], s.labels[:n])
-            for (name, s), n in zip(full.splits.items(), (96, 48, 64), strict=True)
-        },
-    )
+    return small_builtin_task("position", (96, 48, 64))
 
 
 def run(tmp_path: Path, task: Task, **overrides: object) -> tuple[e2vpt.PromptedViT, dict]:

@@ -1,8 +1,8 @@
 """E²VPT prompt pruning and rewinding: importance → plan → rewind-retrain → select.
 
-    scores = importance_scores(model, images, labels)          # ∂L/∂γ, ∂L/∂μ per entry
-    apply_plan(model, make_plan(scores, 0.5, 0.25))           # fewer tokens, sparse segments
-    report = prune_run("runs/my_task", PruneSettings())       # the whole `e2vpt prune`
+scores = importance_scores(model, images, labels)          # ∂L/∂γ, ∂L/∂μ per entry
+apply_plan(model, make_plan(scores, 0.5, 0.25))           # fewer tokens, sparse segments
+report = prune_run("runs/my_task", PruneSettings())       # the whole `e2vpt prune`
 """
 
 from e2vpt.pruning.importance import SCORE_MODES, ImportanceScores, importance_scores

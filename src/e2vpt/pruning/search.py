@@ -93,26 +93,25 @@ def _run_config(run_dir: Path, meta: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_yaml(path)
 
 
-def _load_importance(path: Path, mode: str, source_sha: str | None) -> ImportanceScores | None:
-    if not path.is_file():
-        return None
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A finished step's record, or None when it is absent or unreadable (redo it)."""
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (OSError, json.JSONDecodeError):
         return None
-    if data.get("mode") != mode or data.get("source_sha256") != source_sha:
+    return data if isinstance(data, dict) else None
+
+
+def _load_importance(path: Path, mode: str, source_sha: str | None) -> ImportanceScores | None:
+    data = _read_json(path)
+    if data is None or data.get("mode") != mode or data.get("source_sha256") != source_sha:
         return None
     return ImportanceScores.from_dict(data)
 
 
 def _load_point(path: Path, plan: PruningPlan, source_sha: str | None, epochs: int) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    same = (
+    data = _read_json(path)
+    same = data is not None and (
         data.get("plan") == plan.to_dict()
         and data.get("source_sha256") == source_sha
         and data.get("epochs") == epochs
