@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from e2vpt.accounting import count_parameters
 from e2vpt.checkpoint import (
     CONFIG_FILE,
     TENSORS_FILE,
@@ -220,14 +220,15 @@ def prune_run(
             )
             point_cfg = dataclasses.replace(cfg, output_dir=str(point_dir))
             result = train(point_cfg, task=task, customize=lambda m, p=plan: apply_plan(m, p))
-            model = load(point_dir)
+            # the point's own files already hold its counts: no need to rebuild the model
+            saved = json.loads((point_dir / "results.json").read_text())
             done = {
                 "plan": plan.to_dict(),
                 "source_sha256": source_sha,
                 "epochs": cfg.epochs,
                 "tokens_kept": len(plan.kept_tokens),
-                "prompt_values": model.visual_prompts.stored_numel(),
-                "parameters": count_parameters(model).to_dict(),
+                "prompt_values": read_config(point_dir)["pruning"]["stored_prompt_values"],
+                "parameters": saved["parameters"],
                 "val_top1": result.val_top1,
                 "eval_split": result.eval_split,
                 "eval_top1": result.eval_top1,
@@ -274,14 +275,7 @@ def _original_point(run_dir: Path, meta: dict[str, Any], e2: Any) -> dict[str, A
     """The unpruned run as the reference row (its own results.json)."""
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    prompt_values = (
-        meta.get("tensors", {}).get("visual_prompts.prompts", [0, 0, 0])
-        if meta.get("tensors")
-        else [0, 0, 0]
-    )
-    values = 1
-    for size in prompt_values:
-        values *= int(size)
+    values = math.prod(meta.get("tensors", {}).get("visual_prompts.prompts", [0]))
     return {
         "plan": {"token_fraction": 0.0, "segment_fraction": 0.0},
         "tokens_kept": e2.visual_tokens,
