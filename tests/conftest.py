@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 
 from e2vpt.data import Split, Task, load_builtin
@@ -41,6 +44,7 @@ def small_builtin_task(name: str, sizes: tuple[int, int, int]) -> Task:
     return Task(
         name=f"small-{name}",
         classes=full.classes,
+        group=full.group,
         splits={
             split: Split(s.images[:n], s.labels[:n])
             for (split, s), n in zip(full.splits.items(), sizes, strict=True)
@@ -50,3 +54,28 @@ def small_builtin_task(name: str, sizes: tuple[int, int, int]) -> Task:
 
 def clone(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model)
+
+
+def write_vtab_tree(
+    folder: Path,
+    sizes: dict[str, int],
+    num_classes: int,
+    seed: int = 0,
+    image_hw: tuple[int, int] = (20, 24),
+) -> dict[str, list[tuple[str, int]]]:
+    """A VTAB-1k task folder: random JPEGs + train800/val200/train800val200/test lists
+    (train800val200 = train800 + val200, as in the real release). Returns the lists."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lists: dict[str, list[tuple[str, int]]] = {}
+    for split in ("train800", "val200", "test"):
+        lists[split] = []
+        for i in range(sizes[split]):
+            rel = f"images/{split}_{i}.jpg"
+            pixels = rng.integers(0, 256, size=(*image_hw, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / rel)
+            lists[split].append((rel, int(i % num_classes)))
+    lists["train800val200"] = lists["train800"] + lists["val200"]
+    for split, rows in lists.items():
+        (folder / f"{split}.txt").write_text("".join(f"{r} {label}\n" for r, label in rows))
+    return lists

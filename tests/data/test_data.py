@@ -66,3 +66,17 @@ def test_image_folder_errors_name_the_problem(tmp_path: Path) -> None:
         load_task(str(broken), image_size=32, progress=False)
     with pytest.raises(DataError, match="unknown built-in task"):
         load_task("builtin:colour", image_size=32)
+
+
+def test_random_crop_flip_takes_input_sized_windows_and_eval_takes_the_centre() -> None:
+    from e2vpt.data.augment import random_crop_flip
+    from e2vpt.training.trainer import Normalizer
+
+    x = torch.arange(2 * 5 * 5, dtype=torch.uint8).view(2, 1, 5, 5)
+    out = random_crop_flip(x, torch.Generator().manual_seed(0), 3)
+    assert out.shape == (2, 1, 3, 3)
+    for i in range(2):
+        windows = [x[i, :, r : r + 3, c : c + 3] for r in range(3) for c in range(3)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
+    centre = Normalizer((0.0,), (1 / 255,), image_size=3)(x)
+    assert torch.equal(centre, x[..., 1:4, 1:4].float())

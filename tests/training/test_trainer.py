@@ -119,3 +119,23 @@ def test_optimizer_choice(tmp_path: Path) -> None:
     assert TrainConfig(method="e2vpt", optimizer="adamw").resolved_optimizer() == "adamw"
     with pytest.raises(e2vpt.ConfigError, match="optimizer must be"):
         TrainConfig(optimizer="lamb").validate()
+
+
+def test_fgvc_images_train_on_random_crops_and_evaluate_on_centre_crops(tmp_path: Path) -> None:
+    from tests.data.test_benchmark_datasets import write_fgvc
+
+    write_fgvc(tmp_path / "StanfordCars", per_split=6, num_classes=196)
+    cfg = TrainConfig(
+        method="vpt-shallow",
+        method_config={"tokens": 1},
+        data=f"fgvc:{tmp_path / 'StanfordCars'}",
+        output_dir=str(tmp_path / "run"),
+        epochs=1,
+        warmup_epochs=0,
+        batch_size=4,
+        progress=False,
+    )
+    result = train(cfg)
+    assert result.num_classes == 196 and result.eval_top1 is not None
+    saved = TrainConfig.from_yaml(tmp_path / "run" / "train_config.yaml")
+    assert saved.augment == "auto"  # resolved per task: FGVC's random-crop-flip

@@ -1,75 +1,38 @@
-"""Tasks: image folders (``root/{train,val,test}/<class>/*``) and built-in generated ones.
+"""Tasks: the papers' benchmarks (VTAB-1k, FGVC, CIFAR-100-LT), image folders and
+built-in generated tasks, all loaded into in-memory uint8 splits.
 
-Every split is decoded once into a uint8 tensor at the backbone's input size; the
-training loop normalises batches on the device. Small downstream sets (VTAB-1k,
-the built-in tasks) fit in memory many times over, and no epoch waits on JPEG decoding.
+A task is named by one string (``TrainConfig.data``):
+
+* ``builtin:position`` | ``builtin:orientation`` | ``builtin:count`` — generated, no files
+* ``vtab:<root>/<task>`` — a VTAB-1k task folder with train800/val200/train800val200/test lists
+* ``fgvc:<folder>`` — an FGVC dataset with train/val/test.json
+* ``cifar100-lt<ρ>:<cifar-100-python folder>`` — CIFAR-100-LT with imbalance ratio ρ
+* any other string — an image folder ``root/{train,val,test}/<class>/*``
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
+from e2vpt.data.cifar_lt import LT_RATIOS, load_cifar100_lt
+from e2vpt.data.core import TRAINVAL, DataError, Split, Task, decode_images, to_tensor
+from e2vpt.data.fgvc import load_fgvc
 from e2vpt.data.synthetic import GENERATORS, generate_split
+from e2vpt.data.vtab import load_vtab
 
 BUILTIN_PREFIX = "builtin:"
+VTAB_PREFIX = "vtab:"
+FGVC_PREFIX = "fgvc:"
+CIFAR_LT = re.compile(r"^cifar100-lt(\d+):(.+)$")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 SPLITS = ("train", "val", "test")
 
 
-class DataError(ValueError):
-    """A dataset folder, split or image is missing or unreadable."""
-
-
-@dataclass
-class Split:
-    images: torch.Tensor  # uint8, N×3×H×W
-    labels: torch.Tensor  # int64, N
-
-    def __len__(self) -> int:
-        return int(self.labels.numel())
-
-
-@dataclass
-class Task:
-    name: str
-    classes: list[str]
-    splits: dict[str, Split] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def split(self, name: str) -> Split:
-        if name not in self.splits:
-            raise DataError(
-                f"task {self.name!r} has no {name!r} split (it has {sorted(self.splits)})"
-            )
-        return self.splits[name]
-
-
 def builtin_tasks() -> list[str]:
     return [BUILTIN_PREFIX + name for name in GENERATORS]
-
-
-def _to_tensor(images_hwc: np.ndarray, size: int) -> torch.Tensor:
-    x = torch.from_numpy(images_hwc).permute(0, 3, 1, 2).contiguous()
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = (
-            F.interpolate(
-                x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
-            )
-            .round()
-            .clamp(0, 255)
-            .to(torch.uint8)
-        )
-    return x
 
 
 def load_builtin(name: str, image_size: int, seed: int = 0) -> Task:
@@ -78,23 +41,12 @@ def load_builtin(name: str, image_size: int, seed: int = 0) -> Task:
         raise DataError(
             f"unknown built-in task {name!r}; choose one of {', '.join(builtin_tasks())}"
         )
-    out = Task(name=BUILTIN_PREFIX + task, classes=[])
+    out = Task(name=task, classes=[], group="structured")
     for split in SPLITS:
         images, labels, classes = generate_split(task, split, seed=seed)
         out.classes = classes
-        out.splits[split] = Split(_to_tensor(images, image_size), torch.from_numpy(labels))
+        out.splits[split] = Split(to_tensor(images, image_size), torch.from_numpy(labels))
     return out
-
-
-def _read_image(path: Path, size: int) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"cannot read image {path}: {err}") from err
 
 
 def load_image_folder(root: str | Path, image_size: int, progress: bool = True) -> Task:
@@ -102,8 +54,9 @@ def load_image_folder(root: str | Path, image_size: int, progress: bool = True) 
     root = Path(root)
     if not root.is_dir():
         raise DataError(
-            f"data folder {root} does not exist; give a folder with train/<class>/ images "
-            f"or a built-in task ({', '.join(builtin_tasks())})"
+            f"data folder {root} does not exist; give a folder with train/<class>/ images, "
+            f"vtab:<root>/<task>, fgvc:<folder>, cifar100-lt<ρ>:<folder> or a built-in task "
+            f"({', '.join(builtin_tasks())})"
         )
     train_dir = root / "train"
     if not train_dir.is_dir():
@@ -111,7 +64,7 @@ def load_image_folder(root: str | Path, image_size: int, progress: bool = True) 
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{train_dir} has no class sub-folders; expected train/<class>/*.jpg")
-    task = Task(name=str(root), classes=classes)
+    task = Task(name=root.name or str(root), classes=classes)
     for split in SPLITS:
         split_dir = root / split
         if not split_dir.is_dir():
@@ -133,24 +86,35 @@ def load_image_folder(root: str | Path, image_size: int, progress: bool = True) 
             if split == "train":
                 raise DataError(f"{train_dir} holds no images ({sorted(IMAGE_EXTENSIONS)})")
             continue
-        images = np.stack(
-            [
-                _read_image(path, image_size)
-                for path, _ in tqdm(
-                    files, desc=f"decode {split}", disable=not progress, leave=False
-                )
-            ]
-        )
+        images = decode_images([p for p, _ in files], image_size, f"decode {split}", progress)
         labels = torch.tensor([index for _, index in files], dtype=torch.int64)
-        task.splits[split] = Split(_to_tensor(images, image_size), labels)
+        task.splits[split] = Split(images, labels)
     return task
 
 
 def load_task(spec: str, image_size: int, seed: int = 0, progress: bool = True) -> Task:
-    """A built-in task (``builtin:position``) or an image-folder path."""
+    """The task a ``data`` string names (see the module docstring)."""
     if spec.startswith(BUILTIN_PREFIX):
         return load_builtin(spec, image_size, seed=seed)
+    if spec.startswith(VTAB_PREFIX):
+        return load_vtab(spec.removeprefix(VTAB_PREFIX), image_size, progress=progress)
+    if spec.startswith(FGVC_PREFIX):
+        return load_fgvc(spec.removeprefix(FGVC_PREFIX), image_size, progress=progress)
+    if match := CIFAR_LT.match(spec):
+        return load_cifar100_lt(match[2], int(match[1]), image_size, progress=progress)
+    if spec.startswith("cifar100-lt"):
+        raise DataError(
+            f"{spec!r}: write cifar100-lt<ρ>:<cifar-100-python folder>, e.g. "
+            f"cifar100-lt{LT_RATIOS[-1]}:data/cifar-100-python"
+        )
     return load_image_folder(spec, image_size, progress=progress)
 
 
-__all__ = ["DataError", "Split", "Task", "builtin_tasks", "load_task"]
+__all__ = [
+    "TRAINVAL",
+    "DataError",
+    "Split",
+    "Task",
+    "builtin_tasks",
+    "load_task",
+]

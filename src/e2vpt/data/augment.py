@@ -26,11 +26,29 @@ def crop_flip(
     return hflip(crops, generator)
 
 
-def apply_augment(name: str, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, size: int) -> torch.Tensor:
+    """A random size×size crop of images stored larger (FGVC: 256 → 224), then flip."""
+    n, _, h, w = x.shape
+    if h < size or w < size:
+        raise ValueError(f"random-crop-flip needs images of at least {size} px, got {h}×{w}")
+    oy = torch.randint(0, h - size + 1, (n,), generator=generator)
+    ox = torch.randint(0, w - size + 1, (n,), generator=generator)
+    crops = torch.stack([x[i, :, oy[i] : oy[i] + size, ox[i] : ox[i] + size] for i in range(n)])
+    return hflip(crops, generator)
+
+
+AUGMENTATIONS = ("none", "flip", "crop-flip", "random-crop-flip")
+
+
+def apply_augment(
+    name: str, x: torch.Tensor, generator: torch.Generator, size: int | None = None
+) -> torch.Tensor:
     if name == "none":
         return x
     if name == "flip":
         return hflip(x, generator)
     if name == "crop-flip":
         return crop_flip(x, generator)
-    raise ValueError(f"unknown augmentation {name!r}; use none, flip or crop-flip")
+    if name == "random-crop-flip":
+        return random_crop_flip(x, generator, size if size is not None else x.shape[-1])
+    raise ValueError(f"unknown augmentation {name!r}; use one of {', '.join(AUGMENTATIONS)}")

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from e2vpt.backbones.demo import DEMO_BACKBONE
+from e2vpt.data.augment import AUGMENTATIONS
 from e2vpt.methods.base import ConfigError, MethodConfig, method_config
 
 # Starting points for lr = base_lr × batch / 256 when none is given, per optimizer.
@@ -53,7 +54,9 @@ class TrainConfig:
     weights: str | None = None  # local weights file for the backbone (.npz/.pth/.safetensors)
     method: str = "e2vpt"  # linear | full | bias | vpt-shallow | vpt-deep | e2vpt
     method_config: dict[str, Any] = field(default_factory=dict)  # the method's options
-    data: str = "builtin:count"  # image folder root/{train,val,test}/<class>/ or builtin:*
+    data: str = (
+        "builtin:count"  # builtin:*, vtab:DIR, fgvc:DIR, cifar100-lt<ρ>:DIR or an image folder
+    )
     data_seed: int = 0  # seed of a built-in task's generator
     output_dir: str = "runs/quickstart"  # run folder: checkpoint, metrics, results
     epochs: int = 100  # training epochs
@@ -64,11 +67,11 @@ class TrainConfig:
     optimizer: str = "auto"  # auto (SGD; AdamW for full, as the papers) | sgd | adamw
     momentum: float = 0.9  # SGD momentum
     seed: int = 42  # init, shuffling and dropout
-    augment: str = "none"  # none | flip | crop-flip
+    augment: str = "auto"  # auto (the task's protocol) | none | flip | crop-flip | random-crop-flip
     global_pool: str | None = None  # None: the backbone's own convention
     train_split: str = "train"
     val_split: str | None = "val"  # evaluated every epoch when the task has it
-    eval_split: str = "test"  # final top-1
+    eval_split: str | None = "test"  # final top-1 (None: none, as in a sweep's grid trials)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     cache_features: bool = True  # linear probing: run the frozen backbone once per image
@@ -89,8 +92,10 @@ class TrainConfig:
             raise ConfigError(f"base_lr must be > 0, got {self.base_lr}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.augment not in ("none", "flip", "crop-flip"):
-            raise ConfigError(f"augment must be none, flip or crop-flip, got {self.augment!r}")
+        if self.augment != "auto" and self.augment not in AUGMENTATIONS:
+            raise ConfigError(
+                f"augment must be auto or one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}"
+            )
         if self.optimizer not in ("auto", "sgd", "adamw"):
             raise ConfigError(f"optimizer must be auto, sgd or adamw, got {self.optimizer!r}")
         if self.precision not in ("auto", "fp32", "bf16"):

@@ -39,7 +39,7 @@ class RunResult:
     tunable_params: int
     tunable_percent: float
     val_top1: float | None
-    eval_split: str
+    eval_split: str | None
     eval_top1: float | None
     train_seconds: float
     epochs: int
@@ -84,20 +84,29 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 class Normalizer(nn.Module):
-    """uint8 images → float, scaled with the backbone's own mean/std."""
+    """uint8 images → float, scaled with the backbone's own mean/std. Images stored larger
+    than the input (FGVC keeps 256/224 of it for random crops) are centre-cropped."""
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(
+        self, mean: tuple[float, ...], std: tuple[float, ...], image_size: int | None = None
+    ) -> None:
         super().__init__()
+        self.image_size = image_size
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.image_size
+        if size is not None and (x.shape[-1] > size or x.shape[-2] > size):
+            top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+            x = x[..., top : top + size, left : left + size]
         return (x.float() - self.mean) / self.std
 
 
 def data_settings(backbone: nn.Module) -> tuple[int, Normalizer]:
     cfg = resolve_data_config({}, model=backbone)
-    return int(cfg["input_size"][-1]), Normalizer(tuple(cfg["mean"]), tuple(cfg["std"]))
+    size = int(cfg["input_size"][-1])
+    return size, Normalizer(tuple(cfg["mean"]), tuple(cfg["std"]), size)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
@@ -181,8 +190,21 @@ def train(
     if task is None:
         task = _load_task(cfg, image_size)
     train_split = task.split(cfg.train_split)
-    val_split = task.splits.get(cfg.val_split) if cfg.val_split else None
-    eval_split = task.splits.get(cfg.eval_split)
+    val_split = (
+        task.split(cfg.val_split) if cfg.val_split and task.has_split(cfg.val_split) else None
+    )
+    eval_split = (
+        task.split(cfg.eval_split) if cfg.eval_split and task.has_split(cfg.eval_split) else None
+    )
+    used = {
+        name: split
+        for name, split in (
+            (cfg.train_split, train_split),
+            (cfg.val_split, val_split),
+            (cfg.eval_split, eval_split),
+        )
+        if split is not None
+    }
 
     seed_everything(cfg.seed)
     model = wrap(backbone, method_cfg, task.num_classes, global_pool=cfg.global_pool)
@@ -195,26 +217,26 @@ def train(
     atomic_write_text(out_dir / "train_config.yaml", cfg.to_yaml())
 
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
-    cached = method_cfg.method_name == "linear" and cfg.cache_features and cfg.augment == "none"
+    augment = task.augment if cfg.augment == "auto" else cfg.augment
+    cached = method_cfg.method_name == "linear" and cfg.cache_features and augment == "none"
     start = time.perf_counter()
     if cached:
         # The frozen backbone runs once per image; the head then trains on features.
         model.eval()
         key = (cfg.backbone, cfg.weights, cfg.global_pool, cfg.precision, task.name, id(task))
         cache = feature_cache if feature_cache is not None else {}
-        if key not in cache:
-            cache[key] = {
-                name: predict(
+        features = cache.setdefault(key, {})
+        for name, s in used.items():
+            if name not in features:
+                features[name] = predict(
                     model.forward_pre_logits, s.images, device, cfg.precision, prepare=normalizer
                 )
-                for name, s in task.splits.items()
-            }
         trainable: nn.Module = _HeadOnFeatures(model.head)
-        inputs = dict(cache[key])
+        inputs = {name: features[name] for name in used}
         prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
     else:
         trainable = model
-        inputs = {name: s.images for name, s in task.splits.items()}
+        inputs = {name: s.images for name, s in used.items()}
         prepare = normalizer
 
     optimizer = build_optimizer(trainable, cfg, cfg.resolved_optimizer(), device)
@@ -238,7 +260,7 @@ def train(
         for idx in batches(len(train_split), cfg.batch_size, generator):
             x = inputs[cfg.train_split][idx]
             if not cached:
-                x = apply_augment(cfg.augment, x, generator)
+                x = apply_augment(augment, x, generator, image_size)
             x = x.to(device, non_blocking=True)
             y = labels[idx].to(device, non_blocking=True)
             if prepare is not None:

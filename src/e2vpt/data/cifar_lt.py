@@ -1,0 +1,118 @@
+"""CIFAR-100-LT, built deterministically from the standard ``cifar-100-python`` folder:
+class i keeps its first n_i = ⌊500 · ρ^(−i/99)⌋ training images (file order), the test
+set stays the balanced 10,000. The LT training set is ``trainval``; a tenth of each
+class (⌊n_i/10⌋, its last images) is held out as ``val`` for hyper-parameter selection,
+the rest is ``train``. The papers report the error rate."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from e2vpt.data.core import TRAINVAL, DataError, Split, Task, check_labels, to_tensor
+
+LT_GROUP = "cifar100-lt"
+LT_RATIOS = (10, 50, 100)
+NUM_CLASSES = 100
+MAX_PER_CLASS = 500
+
+
+def lt_class_counts(ratio: float, num_classes: int = NUM_CLASSES, n_max: int = MAX_PER_CLASS):
+    """n_i = ⌊n_max · ρ^(−i/(C−1))⌋: the exponential profile of Cui et al. / Cao et al."""
+    return [int(n_max * ratio ** (-i / (num_classes - 1))) for i in range(num_classes)]
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """The CIFAR pickles hold dicts of numpy arrays and lists; nothing else may load."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _load_batch(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(
+            f"{path} is missing; expected the standard cifar-100-python folder "
+            "(train, test, meta) from https://www.cs.toronto.edu/~kriz/cifar.html"
+        )
+    try:
+        data = _ArraysOnly(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    except Exception as err:  # any corrupt or foreign pickle
+        raise DataError(f"cannot read {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise DataError(f"{path} does not hold a CIFAR batch dictionary")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
+
+
+def _images_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    batch = _load_batch(path)
+    if "data" not in batch or "fine_labels" not in batch:
+        raise DataError(f"{path} has no 'data' / 'fine_labels' (is it CIFAR-10's folder?)")
+    data = np.asarray(batch["data"], dtype=np.uint8)
+    labels = np.asarray(batch["fine_labels"], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+        raise DataError(f"{path}: expected N×3072 images with N labels, got {data.shape}")
+    check_labels(labels.tolist(), NUM_CLASSES, path)
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def load_cifar100_lt(
+    folder: str | Path, ratio: int, image_size: int, progress: bool = True
+) -> Task:
+    folder = Path(folder)
+    if ratio < 1:
+        raise DataError(
+            f"the imbalance ratio must be >= 1 (the papers use {LT_RATIOS}), got {ratio}"
+        )
+    if not folder.is_dir():
+        raise DataError(
+            f"CIFAR-100 folder {folder} does not exist; pass cifar100-lt{ratio}:<path to "
+            "cifar-100-python>"
+        )
+    train_x, train_y = _images_labels(folder / "train")
+    test_x, test_y = _images_labels(folder / "test")
+    meta = _load_batch(folder / "meta") if (folder / "meta").is_file() else {}
+    names = [
+        n.decode() if isinstance(n, bytes) else str(n) for n in meta.get("fine_label_names", [])
+    ]
+    classes = names if len(names) == NUM_CLASSES else [str(c) for c in range(NUM_CLASSES)]
+    per_class = lt_class_counts(ratio, n_max=int(np.bincount(train_y, minlength=100).max()))
+    kept, held = [], []
+    for cls, n in enumerate(per_class):
+        rows = np.flatnonzero(train_y == cls)[:n]
+        n_val = len(rows) // 10
+        kept.append(rows[: len(rows) - n_val])
+        held.append(rows[len(rows) - n_val :])
+    train_rows, val_rows = np.concatenate(kept), np.concatenate(held)
+    all_rows = np.sort(np.concatenate([train_rows, val_rows]))
+
+    def split(rows: np.ndarray, x: np.ndarray, y: np.ndarray) -> Split:
+        return Split(
+            to_tensor(np.ascontiguousarray(x[rows]), image_size), torch.from_numpy(y[rows])
+        )
+
+    task = Task(name=f"cifar100_lt{ratio}", classes=classes, group=LT_GROUP, metric="error")
+    task.splits = {
+        "train": split(train_rows, train_x, train_y),
+        "val": split(val_rows, train_x, train_y),
+        TRAINVAL: split(all_rows, train_x, train_y),
+        "test": split(np.arange(len(test_y)), test_x, test_y),
+    }
+    return task

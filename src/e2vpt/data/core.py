@@ -1,0 +1,128 @@
+"""What every loader returns: a Task of uint8 splits, and the decoding they share.
+
+Every split is decoded once into a uint8 tensor; the training loop normalises (and,
+for FGVC, crops) batches on the device. VTAB-1k's 1,000 training images fit in memory
+many times over, and no epoch waits on JPEG decoding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+
+class DataError(ValueError):
+    """A dataset folder, split file or image is missing, unreadable or inconsistent."""
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, N×3×H×W
+    labels: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+
+# the split a final run trains on: train ∪ val (VTAB's train800val200)
+TRAINVAL = "trainval"
+
+
+@dataclass
+class Task:
+    name: str
+    classes: list[str]
+    splits: dict[str, Split] = field(default_factory=dict)
+    group: str | None = None  # VTAB group (natural / specialized / structured), fgvc, …
+    metric: str = "top1"  # top1 | error (CIFAR-100-LT reports the error rate)
+    augment: str = "none"  # the protocol's training augmentation (FGVC: random-crop-flip)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> Split:
+        if name == TRAINVAL and name not in self.splits and {"train", "val"} <= set(self.splits):
+            train, val = self.splits["train"], self.splits["val"]
+            self.splits[name] = Split(
+                torch.cat([train.images, val.images]), torch.cat([train.labels, val.labels])
+            )
+        if name not in self.splits:
+            raise DataError(
+                f"task {self.name!r} has no {name!r} split (it has {sorted(self.splits)})"
+            )
+        return self.splits[name]
+
+    def has_split(self, name: str) -> bool:
+        return name in self.splits or (name == TRAINVAL and {"train", "val"} <= set(self.splits))
+
+
+def to_tensor(images_hwc: np.ndarray, size: int, chunk: int = 512) -> torch.Tensor:
+    """N×H×W×3 uint8 → N×3×size×size uint8, resized in chunks (a float copy of a whole
+    CIFAR set at 224 would take gigabytes)."""
+    x = torch.from_numpy(images_hwc).permute(0, 3, 1, 2).contiguous()
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    out = torch.empty((x.shape[0], x.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, x.shape[0], chunk):
+        part = x[start : start + chunk].float()
+        out[start : start + chunk] = (
+            F.interpolate(
+                part, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)
+        )
+    return out
+
+
+def read_image(path: Path, size: int, keep_aspect: bool = False) -> np.ndarray:
+    """RGB uint8 size×size. ``keep_aspect``: shorter side → size, then the central square
+    (FGVC's Resize(256) before its crops); otherwise a plain resize (VTAB's protocol)."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if keep_aspect:
+                w, h = img.size
+                scale = size / min(w, h)
+                nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+                img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+                left, top = (nw - size) // 2, (nh - size) // 2
+                img = img.crop((left, top, left + size, top + size))
+            elif img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+
+
+def decode_images(
+    paths: Sequence[Path],
+    size: int,
+    desc: str,
+    progress: bool,
+    keep_aspect: bool = False,
+) -> torch.Tensor:
+    images = np.stack(
+        [
+            read_image(path, size, keep_aspect)
+            for path in tqdm(paths, desc=desc, disable=not progress, leave=False)
+        ]
+    )
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def check_labels(labels: Sequence[int], num_classes: int, source: Path) -> None:
+    for label in labels:
+        if not 0 <= label < num_classes:
+            raise DataError(
+                f"{source}: label {label} is out of range for {num_classes} classes "
+                f"(labels must be 0 … {num_classes - 1})"
+            )

@@ -1,0 +1,102 @@
+"""FGVC (CUB-200, NABirds, Oxford Flowers, Stanford Dogs, Stanford Cars) from the json
+splits the VPT line of work prepares: ``train.json`` / ``val.json`` / ``test.json``
+(image path → class id) beside the dataset's image folder.
+
+Images are stored as squares at 256/224 of the input size (shorter side resized, then
+the central square); training takes a random input-size crop + horizontal flip, evaluation
+the central crop — SPEC's Resize 256 → Random/CenterCrop 224 at any input size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from e2vpt.data.core import DataError, Split, Task, check_labels, decode_images
+
+FGVC_GROUP = "fgvc"
+# dataset → classes; keys are folder names, lower-cased, without _ - or spaces
+FGVC_DATASETS: dict[str, int] = {
+    "cub": 200,
+    "cub200": 200,
+    "cub2002011": 200,  # CUB_200_2011
+    "nabirds": 555,
+    "oxfordflower": 102,
+    "oxfordflowers": 102,
+    "flowers102": 102,
+    "stanforddogs": 120,
+    "stanfordcars": 196,
+}
+FGVC_SPLITS = ("train", "val", "test")
+# where the json paths are relative to, tried in this order (datasets differ)
+IMAGE_DIRS = ("", "images", "Images")
+
+
+def fgvc_store_size(image_size: int) -> int:
+    return round(image_size * 256 / 224)
+
+
+def _key(folder: Path) -> str:
+    return "".join(ch for ch in folder.name.lower() if ch.isalnum())
+
+
+def _read_json_split(path: Path) -> list[tuple[str, int]]:
+    if not path.is_file():
+        raise DataError(
+            f"split file {path} is missing; an FGVC dataset folder needs "
+            f"{', '.join(s + '.json' for s in FGVC_SPLITS)} (image path → class id)"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"cannot read split file {path}: {err}") from err
+    if not isinstance(data, dict) or not data:
+        raise DataError(f"{path} must hold a non-empty JSON object {{image path: class id}}")
+    try:
+        return sorted((str(rel), int(label)) for rel, label in data.items())
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: every class id must be an integer") from None
+
+
+def _image_dir(folder: Path, first: str) -> Path:
+    for sub in IMAGE_DIRS:
+        if (folder / sub / first).is_file():
+            return folder / sub
+    raise DataError(
+        f"{folder / 'train.json'} lists {first}, found in none of "
+        f"{', '.join(str(folder / s) for s in IMAGE_DIRS)}"
+    )
+
+
+def load_fgvc(folder: str | Path, image_size: int, progress: bool = True) -> Task:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(
+            f"FGVC dataset folder {folder} does not exist; pass fgvc:<folder holding "
+            "train.json, val.json, test.json and the images>"
+        )
+    lists = {s: _read_json_split(folder / f"{s}.json") for s in FGVC_SPLITS}
+    num_classes = FGVC_DATASETS.get(
+        _key(folder), 1 + max(label for e in lists.values() for _, label in e)
+    )
+    image_dir = _image_dir(folder, lists["train"][0][0])
+    store = fgvc_store_size(image_size)
+    task = Task(
+        name=folder.name,
+        classes=[str(c) for c in range(num_classes)],
+        group=FGVC_GROUP,
+        augment="random-crop-flip",
+    )
+    for split, entries in lists.items():
+        check_labels([label for _, label in entries], num_classes, folder / f"{split}.json")
+        paths = [image_dir / rel for rel, _ in entries]
+        for (rel, _), path in zip(entries, paths, strict=True):
+            if not path.is_file():
+                raise DataError(
+                    f"{folder / f'{split}.json'} lists {rel}, but {path} does not exist"
+                )
+        images = decode_images(paths, store, f"decode {split}", progress, keep_aspect=True)
+        labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
+        task.splits[split] = Split(images, labels)
+    return task
