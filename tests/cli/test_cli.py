@@ -128,3 +128,27 @@ def test_quickstart_example_is_what_the_quickstart_runs() -> None:
     assert written.build_method_config() == default.build_method_config()
     written.method_config = default.method_config = {}
     assert written.to_dict() == default.to_dict()
+
+
+def test_sweep_and_report_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import write_vtab_tree
+
+    write_vtab_tree(tmp_path / "data" / "eurosat", {"train800": 20, "val200": 10, "test": 10}, 10)
+    out = tmp_path / "sweeps"
+    args = ["sweep", "--method", "linear", "--data", f"vtab:{tmp_path / 'data' / 'eurosat'}"]
+    args += ["--epochs", "1", "--batch-size", "8", "--base-lrs", "0.1", "1", "--weight-decays"]
+    args += ["0", "--seeds", "1", "2", "--output-dir", str(out), "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Selected: base lr" in printed and "Final seeds" in printed
+    summary = json.loads((out / "eurosat" / "linear" / "sweep.json").read_text())
+    assert summary["group"] == "specialized" and summary["results"][0]["seeds"] == [1, 2]
+    assert main(["report", str(out)]) == 0
+    assert "specialized mean" in capsys.readouterr().out
+
+    missing = ["sweep", "--method", "linear", "--data", f"vtab:{tmp_path / 'nope'}"]
+    assert main([*missing, "--output-dir", str(tmp_path / "other")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

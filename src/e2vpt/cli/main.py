@@ -1,5 +1,6 @@
-"""``e2vpt train | eval | info``. Every flag maps to one config field: top-level flags to
-:class:`TrainConfig`, method flags (``--visual-tokens`` …) to the method's config."""
+"""``e2vpt train | eval | prune | sweep | report | info``. Every flag maps to one config
+field: top-level flags to :class:`TrainConfig`, method flags (``--visual-tokens`` …) to the
+method's config."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from e2vpt.model import wrap
 from e2vpt.pruning.importance import SCORE_MODES
 from e2vpt.pruning.search import PruneSettings
 from e2vpt.reporting import format_table, write_json
+from e2vpt.sweeps.protocol import ADAMW_BASE_LRS, SweepError, SweepSettings
 from e2vpt.training.config import QUICKSTART, TrainConfig
 
 USER_ERRORS = (
@@ -34,6 +36,7 @@ USER_ERRORS = (
     BackboneError,
     FileNotFoundError,
     FloatingPointError,
+    SweepError,
 )
 
 
@@ -108,6 +111,47 @@ def _method_config_classes() -> list[type[MethodConfig]]:
     return seen
 
 
+# TrainConfig fields a sweep sets per trial: not flags of `e2vpt sweep`
+SWEEP_OWNED = {
+    "output_dir",
+    "base_lr",
+    "weight_decay",
+    "seed",
+    "train_split",
+    "val_split",
+    "eval_split",
+    "compare_linear",
+}
+SWEEP_FLAGS = {
+    "base_lrs",
+    "weight_decays",
+    "seeds",
+    "output_dir",
+    "devices",
+    "task_name",
+    "group",
+    "prune",
+    "prune_token_fractions",
+    "prune_segment_fractions",
+    "prune_score",
+}
+
+
+def _add_train_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:
+    _add_dataclass_flags(parser, TrainConfig, skip=skip)
+    group = parser.add_argument_group("method options (see `e2vpt info`)")
+    added: set[str] = set()
+    for cls in _method_config_classes():
+        fields = {f.name for f in dataclasses.fields(cls)} - added - {"deep"}
+        _add_dataclass_flags(
+            group,
+            cls,
+            skip={f.name for f in dataclasses.fields(cls)} - fields,
+            help_prefix=f"[{cls.name}] ",
+        )
+        added |= fields
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="e2vpt",
@@ -127,18 +171,76 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the offline demo run (the default when no argument is given)",
     )
-    _add_dataclass_flags(train, TrainConfig, skip={"method_config"})
-    group = train.add_argument_group("method options (see `e2vpt info`)")
-    added: set[str] = set()
-    for cls in _method_config_classes():
-        fields = {f.name for f in dataclasses.fields(cls)} - added - {"deep"}
-        _add_dataclass_flags(
-            group,
-            cls,
-            skip={f.name for f in dataclasses.fields(cls)} - fields,
-            help_prefix=f"[{cls.name}] ",
-        )
-        added |= fields
+    _add_train_flags(train, skip={"method_config"})
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="the papers' protocol for one task × method: lr × wd grid, then final seeds",
+        description="Grid of base lr × weight decay trained on train and scored on val at the "
+        "last epoch; the best (ties → smaller lr) is retrained on train+val with each seed and "
+        "scored on test (mean ± std). Resumable: rerun the same command after a kill. Results: "
+        "OUTPUT_DIR/<task>/<method>/sweep.{json,md}; `e2vpt report OUTPUT_DIR` tabulates them.",
+    )
+    sweep.add_argument("--config", type=Path, help="YAML file of config fields (flags override it)")
+    sweep_defaults = SweepSettings()
+    sweep.add_argument(
+        "--base-lrs",
+        type=float,
+        nargs="+",
+        help="base lr grid (default: SPEC's {50 … 0.05} for SGD, "
+        f"{ADAMW_BASE_LRS} for AdamW / full)",
+    )
+    sweep.add_argument(
+        "--weight-decays", type=float, nargs="+", help="default: SPEC's {0.01, 1e-3, 1e-4, 0}"
+    )
+    sweep.add_argument(
+        "--seeds", type=int, nargs="+", default=sweep_defaults.seeds, help="default: %(default)s"
+    )
+    sweep.add_argument(
+        "--output-dir", default=sweep_defaults.output_dir, help="default: %(default)s"
+    )
+    sweep.add_argument(
+        "--devices",
+        nargs="+",
+        help="run trials in parallel, one worker process per device (e.g. cuda:0 cuda:1)",
+    )
+    sweep.add_argument("--task-name", help="name in folders and reports (default: the task's)")
+    sweep.add_argument(
+        "--group", help="report group (default: the task's: VTAB group, fgvc, cifar100-lt)"
+    )
+    sweep.add_argument(
+        "--prune",
+        action="store_true",
+        help="e2vpt: also prune (fractions chosen on val) and report the pruned model",
+    )
+    sweep.add_argument(
+        "--prune-token-fractions",
+        type=float,
+        nargs="+",
+        default=sweep_defaults.prune_token_fractions,
+    )
+    sweep.add_argument(
+        "--prune-segment-fractions",
+        type=float,
+        nargs="+",
+        default=sweep_defaults.prune_segment_fractions,
+    )
+    sweep.add_argument("--prune-score", choices=SCORE_MODES, default=sweep_defaults.prune_score)
+    _add_train_flags(sweep, skip={"method_config", *SWEEP_OWNED})
+
+    report = sub.add_parser(
+        "report",
+        help="tabulate every sweep under a folder (Markdown + CSV + JSON + plot)",
+        description="Per-task mean ± std, VTAB group means, the mean of group means, the task "
+        "mean, FGVC mean, CIFAR-100-LT error, tunable parameters; plus accuracy vs tunable "
+        "parameters as a PNG.",
+    )
+    report.add_argument("runs_dir", type=Path, help="the --output-dir of `e2vpt sweep`")
+    report.add_argument("--output-dir", type=Path, help="default: RUNS_DIR")
+    report.add_argument("--name", default="report", help="file stem (default: %(default)s)")
+    report.add_argument(
+        "--anchors", action="store_true", help="add SPEC §4's paper numbers (ViT-B/16) as rows"
+    )
 
     evaluate = sub.add_parser("eval", help="evaluate a trained run folder")
     evaluate.add_argument("run_dir", type=Path)
@@ -205,19 +307,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> TrainConfig:
+def config_from_args(
+    args: argparse.Namespace, argv: Sequence[str], exclude: frozenset[str] = frozenset()
+) -> TrainConfig:
     values: dict[str, Any] = {}
     if args.config is not None:
         values = TrainConfig.from_yaml(args.config).to_dict()
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quickstart")}
+    skip = {"command", "config", "quickstart", *exclude}
+    given = {k: v for k, v in vars(args).items() if k not in skip}
     method_values = dict(values.get("method_config") or {})
     for key, value in given.items():
         if key in train_fields:
             values[key] = value
         else:
             method_values[key] = value
-    quickstart = args.quickstart or (not argv and args.config is None)
+    quickstart = getattr(args, "quickstart", False) or (
+        args.command == "train" and not argv and args.config is None
+    )
     if quickstart:
         values = {**QUICKSTART, **values}
     cfg = TrainConfig.from_dict({**values, "method_config": method_values})
@@ -269,6 +376,50 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         f"\nrun folder: {cfg.output_dir} (adapter.safetensors, adapter.json, metrics.csv, "
         "results.json)"
     )
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from e2vpt.sweeps.protocol import SweepSettings, run_sweep, sweep_markdown
+
+    cfg = config_from_args(args, argv, exclude=frozenset(SWEEP_FLAGS))
+    settings = SweepSettings(
+        base_lrs=args.base_lrs,
+        weight_decays=args.weight_decays,
+        seeds=args.seeds,
+        output_dir=args.output_dir,
+        devices=args.devices,
+        task_name=args.task_name,
+        group=args.group,
+        prune=args.prune,
+        prune_token_fractions=args.prune_token_fractions,
+        prune_segment_fractions=args.prune_segment_fractions,
+        prune_score=args.prune_score,
+        progress=cfg.progress,
+    )
+    print(
+        f"e2vpt sweep: {cfg.method} on {cfg.data} with backbone {cfg.backbone} → "
+        f"{settings.output_dir}",
+        file=sys.stderr,
+    )
+    summary = run_sweep(cfg, settings)
+    print()
+    print(sweep_markdown(summary))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from e2vpt.sweeps.report import build_report, write_report
+
+    report = build_report(args.runs_dir, anchors=args.anchors)
+    if not report.entries:
+        raise FileNotFoundError(
+            f"no finished sweep (sweep.json) under {args.runs_dir}; run `e2vpt sweep "
+            f"--output-dir {args.runs_dir} ...` first"
+        )
+    paths = write_report(report, args.output_dir or args.runs_dir, name=args.name)
+    print(report.markdown())
+    print(f"\nwritten: {', '.join(str(p) for p in paths)}")
     return 0
 
 
@@ -402,6 +553,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_prune(args)
         if args.command == "info":
             return cmd_info(args)
+        if args.command == "sweep":
+            return cmd_sweep(args, argv[1:])
+        if args.command == "report":
+            return cmd_report(args)
     except USER_ERRORS as err:
         print(f"e2vpt {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -141,6 +141,111 @@ def _copy_checkpoint(source: Path, target: Path) -> None:
             atomic_write_bytes(target / name, (source / name).read_bytes())
 
 
+def _importance(
+    run_dir: Path, cfg: TrainConfig, task: Task, score: str, path: Path, source_sha: str | None
+) -> ImportanceScores:
+    """The run's importance scores over its own training split (reused from ``path``
+    when they were computed for the same checkpoint and mode)."""
+    scores = _load_importance(path, score, source_sha)
+    if scores is not None:
+        return scores
+    print(f"importance ({score}) over {run_dir}'s training split", file=sys.stderr)
+    device = resolve_device(cfg.device)
+    try:
+        model = load(run_dir).to(device)
+    except CheckpointError as err:
+        raise ConfigError(f"cannot load the run to prune: {err}") from err
+    _, normalizer = data_settings(model.backbone)
+    split = task.split(cfg.train_split)
+    seed_everything(cfg.seed)
+    scores = importance_scores(
+        model,
+        split.images,
+        split.labels,
+        batch_size=cfg.batch_size,
+        mode=score,
+        prepare=normalizer.to(device),
+        device=device,
+        progress=cfg.progress,
+    )
+    write_json(path, {**scores.to_dict(), "source_sha256": source_sha})
+    return scores
+
+
+def _rewind_point(
+    cfg: TrainConfig, task: Task, plan: PruningPlan, point_dir: Path, source_sha: str | None
+) -> dict[str, Any]:
+    """Prune the freshly initialised model (same seed: the original init), retrain with
+    the run's recipe, and record the point (its POINT_FILE is written last)."""
+    point_cfg = dataclasses.replace(cfg, output_dir=str(point_dir))
+    result = train(point_cfg, task=task, customize=lambda m: apply_plan(m, plan))
+    # the point's own files already hold its counts: no need to rebuild the model
+    saved = json.loads((point_dir / "results.json").read_text())
+    done = {
+        "plan": plan.to_dict(),
+        "source_sha256": source_sha,
+        "epochs": cfg.epochs,
+        "tokens_kept": len(plan.kept_tokens),
+        "prompt_values": read_config(point_dir)["pruning"]["stored_prompt_values"],
+        "parameters": saved["parameters"],
+        "val_top1": result.val_top1,
+        "eval_split": result.eval_split,
+        "eval_top1": result.eval_top1,
+        "train_seconds": result.train_seconds,
+        "run_dir": str(point_dir),
+    }
+    write_json(point_dir / POINT_FILE, done)
+    return done
+
+
+def _prepare(
+    run_dir: Path, progress: bool, device: str | None, epochs: int | None
+) -> tuple[dict[str, Any], TrainConfig]:
+    if not run_dir.is_dir():
+        raise ConfigError(f"run folder {run_dir} does not exist; pass the output dir of a run")
+    meta = read_config(run_dir)
+    cfg = _run_config(run_dir, meta)
+    overrides: dict[str, Any] = {"progress": progress, "compare_linear": False}
+    if device is not None:
+        overrides["device"] = device
+    if epochs is not None:
+        overrides["epochs"] = epochs
+        if cfg.warmup_epochs is not None and cfg.warmup_epochs > epochs:
+            overrides["warmup_epochs"] = None
+    cfg = dataclasses.replace(cfg, **overrides)
+    cfg.validate()
+    return meta, cfg
+
+
+def prune_fixed(
+    run_dir: str | Path,
+    token_fraction: float,
+    segment_fraction: float,
+    output_dir: str | Path,
+    task: Task | None = None,
+    score: str = "abs",
+    progress: bool = True,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Prune a run at fractions chosen elsewhere (a sweep's final seeds reuse the
+    fractions its search picked on val): importance over the run's own training split,
+    rewind, retrain with the run's recipe. OUT is a normal run folder; resumable."""
+    run_dir, out = Path(run_dir), Path(output_dir)
+    if score not in SCORE_MODES:
+        raise ConfigError(f"score must be one of {SCORE_MODES}, got {score!r}")
+    meta, cfg = _prepare(run_dir, progress, device, None)
+    e2 = method_config("e2vpt", meta["method_config"])
+    check_fractions(token_fraction, segment_fraction, e2.visual_tokens, e2.mask_segments)
+    source_sha = meta.get("sha256")
+    if task is None:
+        task = load_task_for(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    scores = _importance(run_dir, cfg, task, score, out / IMPORTANCE_FILE, source_sha)
+    plan = make_plan(scores, token_fraction, segment_fraction)
+    done = _load_point(out / POINT_FILE, plan, source_sha, cfg.epochs)
+    return done if done is not None else _rewind_point(cfg, task, plan, out, source_sha)
+
+
 def prune_run(
     run_dir: str | Path, settings: PruneSettings | None = None, task: Task | None = None
 ) -> PruneReport:
@@ -148,31 +253,18 @@ def prune_run(
     settings = settings or PruneSettings()
     settings.validate()
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"run folder {run_dir} does not exist; pass the output dir of a run")
-    meta = read_config(run_dir)
-    cfg = _run_config(run_dir, meta)
+    meta, cfg = _prepare(run_dir, settings.progress, settings.device, settings.epochs)
     out = Path(settings.output_dir) if settings.output_dir else run_dir / "pruned"
     if out.resolve() == run_dir.resolve():
         raise ConfigError(
             "--output-dir must differ from the run folder (its checkpoint would be replaced)"
         )
-    overrides: dict[str, Any] = {"progress": settings.progress, "compare_linear": False}
-    if settings.device is not None:
-        overrides["device"] = settings.device
-    if settings.epochs is not None:
-        overrides["epochs"] = settings.epochs
-        if cfg.warmup_epochs is not None and cfg.warmup_epochs > settings.epochs:
-            overrides["warmup_epochs"] = None
-    cfg = dataclasses.replace(cfg, **overrides)
-    cfg.validate()
     e2 = method_config("e2vpt", meta["method_config"])
     grid = [(t, s) for t in settings.token_fractions for s in settings.segment_fractions]
     for t, s in grid:  # every impossible fraction fails before any work
         check_fractions(t, s, e2.visual_tokens, e2.mask_segments)
 
     source_sha = meta.get("sha256")
-    log = sys.stderr
     if task is None:
         task = load_task_for(cfg)
     if not cfg.val_split or cfg.val_split not in task.splits:
@@ -182,30 +274,8 @@ def prune_run(
         )
 
     out.mkdir(parents=True, exist_ok=True)
-    importance_path = out / IMPORTANCE_FILE
-    scores = _load_importance(importance_path, settings.score, source_sha)
-    if scores is None:
-        print(f"importance ({settings.score}) over {run_dir}'s training split", file=log)
-        device = resolve_device(cfg.device)
-        try:
-            model = load(run_dir).to(device)
-        except CheckpointError as err:
-            raise ConfigError(f"cannot load the run to prune: {err}") from err
-        _, normalizer = data_settings(model.backbone)
-        split = task.split(cfg.train_split)
-        seed_everything(cfg.seed)
-        scores = importance_scores(
-            model,
-            split.images,
-            split.labels,
-            batch_size=cfg.batch_size,
-            mode=settings.score,
-            prepare=normalizer.to(device),
-            device=device,
-            progress=settings.progress,
-        )
-        write_json(importance_path, {**scores.to_dict(), "source_sha256": source_sha})
-        del model
+    scores = _importance(run_dir, cfg, task, settings.score, out / IMPORTANCE_FILE, source_sha)
+    log = sys.stderr
 
     points: list[dict[str, Any]] = []
     for index, (t, s) in enumerate(grid, start=1):
@@ -218,24 +288,7 @@ def prune_run(
                 f"segments → {point_dir}",
                 file=log,
             )
-            point_cfg = dataclasses.replace(cfg, output_dir=str(point_dir))
-            result = train(point_cfg, task=task, customize=lambda m, p=plan: apply_plan(m, p))
-            # the point's own files already hold its counts: no need to rebuild the model
-            saved = json.loads((point_dir / "results.json").read_text())
-            done = {
-                "plan": plan.to_dict(),
-                "source_sha256": source_sha,
-                "epochs": cfg.epochs,
-                "tokens_kept": len(plan.kept_tokens),
-                "prompt_values": read_config(point_dir)["pruning"]["stored_prompt_values"],
-                "parameters": saved["parameters"],
-                "val_top1": result.val_top1,
-                "eval_split": result.eval_split,
-                "eval_top1": result.eval_top1,
-                "train_seconds": result.train_seconds,
-                "run_dir": str(point_dir),
-            }
-            write_json(point_dir / POINT_FILE, done)
+            done = _rewind_point(cfg, task, plan, point_dir, source_sha)
         else:
             print(f"[{index}/{len(grid)}] {plan.label}: done earlier, reused", file=log)
         points.append(done)

@@ -1,0 +1,237 @@
+"""``e2vpt report``: every finished sweep under a folder as one table per method —
+each task's mean ± std over seeds, each group's mean, the mean of the VTAB group means
+(the papers' headline), the plain mean over VTAB-group tasks (the 19-task mean), the
+FGVC mean, CIFAR-100-LT as error rates, and tunable parameters — plus a plot of
+accuracy against tunable parameters. Optional rows: SPEC §4's anchor numbers."""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from e2vpt.checkpoint import atomic_write_bytes, atomic_write_text
+from e2vpt.data.vtab import VTAB_GROUPS
+from e2vpt.reporting import format_table, write_csv, write_json
+from e2vpt.sweeps.protocol import SWEEP_FILE
+
+GROUP_ORDER = (*VTAB_GROUPS, "fgvc", "cifar100-lt")
+METHOD_ORDER = (
+    "full",
+    "linear",
+    "bias",
+    "vpt-shallow",
+    "vpt-deep",
+    "e2vpt",
+    "e2vpt-pruned",
+)
+HEADLINE = "mean of group means"
+TASK_MEAN = "mean of tasks"
+
+# SPEC §4: ViT-B/16 IN-21k, top-1 % (VTAB-1k group means, FGVC mean)
+ANCHORS: dict[str, dict[str, float]] = {
+    "full": {"natural": 75.88, "specialized": 83.36, "structured": 47.64, "fgvc": 88.54},
+    "linear": {"natural": 68.93, "specialized": 77.16, "structured": 26.84, "fgvc": 79.32},
+    "vpt-shallow": {"natural": 76.81, "specialized": 79.66, "structured": 46.98, "fgvc": 84.62},
+    "vpt-deep": {"natural": 78.48, "specialized": 82.43, "structured": 54.98, "fgvc": 89.11},
+    "e2vpt": {"natural": 80.01, "specialized": 84.43, "structured": 57.39, "fgvc": 89.22},
+}
+ANCHOR_SOURCE = "SPEC §4, ViT-B/16 IN-21k (papers)"
+
+
+@dataclass
+class Entry:
+    """One method on one task: the final seeds' summary."""
+
+    task: str
+    group: str
+    metric: str  # top1 | error
+    method: str
+    mean: float | None  # in the metric's unit (top-1 % or error %)
+    std: float | None
+    seeds: int
+    tunable_params: int | None
+    tunable_without_head: int | None
+    tunable_percent: float | None
+    backbone: str
+    status: str
+    source: str
+
+
+def _order(name: str, order: tuple[str, ...]) -> tuple[int, str]:
+    return (order.index(name) if name in order else len(order), name)
+
+
+def collect(runs_dir: str | Path) -> list[Entry]:
+    """Every sweep.json under ``runs_dir`` (any depth), one entry per reported method."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(
+            f"runs folder {runs_dir} does not exist; pass the --output-dir of `e2vpt sweep`"
+        )
+    entries = []
+    for path in sorted(runs_dir.rglob(SWEEP_FILE)):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read sweep results {path}: {err}") from err
+        metric = summary.get("metric", "top1")
+        for result in summary.get("results", []):
+            mean = result.get("test_top1_mean")
+            if mean is not None and metric == "error":
+                mean = 100.0 - mean
+            entries.append(
+                Entry(
+                    task=summary["task"],
+                    group=summary.get("group") or "other",
+                    metric=metric,
+                    method=result["method"],
+                    mean=mean,
+                    std=result.get("test_top1_std"),
+                    seeds=len(result.get("seeds", [])),
+                    tunable_params=result.get("tunable_params"),
+                    tunable_without_head=result.get("tunable_without_head"),
+                    tunable_percent=result.get("tunable_percent"),
+                    backbone=summary.get("backbone", ""),
+                    status=summary.get("status", ""),
+                    source=str(path),
+                )
+            )
+    return entries
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values)
+
+
+@dataclass
+class Report:
+    entries: list[Entry]
+    rows: list[dict[str, Any]]  # one per method (numbers); anchors appended when asked
+    tasks: list[tuple[str, str, str]]  # (group, task, metric) in column order
+    groups: list[str]
+
+    def markdown(self) -> str:
+        columns = ["method"]
+        for _, task, metric in self.tasks:
+            columns.append(f"{task} (err)" if metric == "error" else task)
+        columns += [f"{g} mean" for g in self.groups if g != "cifar100-lt"]
+        if any(g in VTAB_GROUPS for g in self.groups):
+            columns += [HEADLINE, TASK_MEAN]
+        columns += ["tunable params", "% of backbone"]
+        table = []
+        for row in self.rows:
+            cells: dict[str, Any] = {"method": row["method"]}
+            for (_, task, _), column in zip(self.tasks, columns[1:], strict=False):
+                mean, std = row.get(task), row.get(f"{task} std")
+                if mean is None:
+                    cells[column] = ""
+                else:
+                    cells[column] = f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+            for column in columns[1 + len(self.tasks) :]:
+                cells[column] = row.get(column)
+            table.append(cells)
+        return format_table(table, columns, float_digits=2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "tasks": [{"group": g, "task": t, "metric": m} for g, t, m in self.tasks],
+            "groups": self.groups,
+            "entries": [e.__dict__ for e in self.entries],
+        }
+
+
+def build_report(runs_dir: str | Path, anchors: bool = False) -> Report:
+    entries = collect(runs_dir)
+    tasks = sorted(
+        {(e.group, e.task, e.metric) for e in entries},
+        key=lambda t: (_order(t[0], GROUP_ORDER), t[1]),
+    )
+    groups = sorted({g for g, _, _ in tasks}, key=lambda g: _order(g, GROUP_ORDER))
+    methods = sorted({e.method for e in entries}, key=lambda m: _order(m, METHOD_ORDER))
+    rows = []
+    for method in methods:
+        mine = {e.task: e for e in entries if e.method == method}
+        row: dict[str, Any] = {"method": method}
+        for _, task, _ in tasks:
+            entry = mine.get(task)
+            row[task] = None if entry is None else entry.mean
+            row[f"{task} std"] = None if entry is None else entry.std
+        # a group's mean only when this method has every task of the group
+        for group in groups:
+            in_group = [t for g, t, _ in tasks if g == group]
+            values = [row[t] for t in in_group]
+            complete = all(v is not None for v in values)
+            row[f"{group} mean"] = _mean(values) if complete and values else None
+        vtab = [g for g in groups if g in VTAB_GROUPS]
+        if vtab:
+            group_means = [row[f"{g} mean"] for g in vtab]
+            row[HEADLINE] = _mean(group_means) if None not in group_means else None
+            task_values = [row[t] for g, t, _ in tasks if g in VTAB_GROUPS]
+            row[TASK_MEAN] = _mean(task_values) if None not in task_values else None
+        percents = [e.tunable_percent for e in mine.values() if e.tunable_percent is not None]
+        params = [e.tunable_params for e in mine.values() if e.tunable_params is not None]
+        row["tunable params"] = round(_mean(params)) if params else None
+        row["% of backbone"] = _mean(percents) if percents else None
+        row["tasks"] = len(mine)
+        rows.append(row)
+    if anchors:
+        for method, values in ANCHORS.items():
+            row = {"method": f"paper: {method}", "source": ANCHOR_SOURCE}
+            for group in groups:
+                if group in values:
+                    row[f"{group} mean"] = values[group]
+            vtab = [g for g in VTAB_GROUPS if g in values]
+            if any(g in VTAB_GROUPS for g in groups):
+                row[HEADLINE] = _mean([values[g] for g in vtab])
+            rows.append(row)
+    return Report(entries=entries, rows=rows, tasks=tasks, groups=groups)
+
+
+def plot_report(report: Report, path: Path, title: str = "") -> None:
+    """Accuracy (headline mean, or the task mean) against tunable % of the backbone,
+    one point per method, log x-axis. Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in report.rows:
+        if row["method"].startswith("paper:"):
+            continue
+        x = row.get("% of backbone")
+        y = row.get(HEADLINE)
+        if y is None:
+            values = [row[t] for _, t, m in report.tasks if m == "top1" and row.get(t) is not None]
+            y = _mean(values) if values else None
+        if x is None or y is None or x <= 0:
+            continue
+        ax.scatter([x], [y], s=60)
+        ax.annotate(row["method"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlabel("tunable parameters, % of the backbone (log)")
+    ax.set_ylabel(f"top-1 % ({HEADLINE} where VTAB groups exist)")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(title or "accuracy vs tunable parameters", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_report(report: Report, out_dir: str | Path, name: str = "report") -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.{ext}" for ext in ("md", "csv", "json", "png")]
+    atomic_write_text(paths[0], report.markdown() + "\n")
+    flat_columns = sorted({k for r in report.rows for k in r}, key=lambda k: (k != "method", k))
+    write_csv(paths[1], [{c: r.get(c) for c in flat_columns} for r in report.rows])
+    write_json(paths[2], report.to_dict())
+    plot_report(report, paths[3])
+    return paths

@@ -1,0 +1,168 @@
+"""Trials and the engines that run them.
+
+A trial is plain data (a TrainConfig dict, plus a pruning step for pruned finals) and
+``run_trial`` is a pure function of it that writes one run folder and, last, its
+``trial.json``. Engines only decide *where* trials run: in this process, or one worker
+process per GPU of this machine. A cluster engine (Ray) can reuse ``run_trial`` as is."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from e2vpt.data import Task
+from e2vpt.reporting import write_json
+from e2vpt.training.config import TrainConfig
+
+TRIAL_FILE = "trial.json"
+# fields that change where or how visibly a trial runs, not what it computes
+_NOT_IN_KEY = ("progress", "device", "output_dir")
+
+
+@dataclass
+class Trial:
+    kind: str  # grid | final | final-pruned
+    label: str  # lr0.1_wd0.0001 | seed42
+    run_dir: str
+    config: dict[str, Any]  # TrainConfig fields
+    save_checkpoint: bool = True
+    prune: dict[str, Any] | None = None  # final-pruned: source run + fractions + score
+    extra: dict[str, Any] = field(default_factory=dict)  # lr, wd, seed: for the tables
+
+    def key(self) -> str:
+        """What the trial computes; a finished trial with another key is redone."""
+        config = {k: v for k, v in self.config.items() if k not in _NOT_IN_KEY}
+        prune = None
+        if self.prune is not None:
+            prune = {k: v for k, v in self.prune.items() if k != "source"}
+        blob = json.dumps([self.kind, config, prune, self.save_checkpoint], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def finished(trial: Trial) -> dict[str, Any] | None:
+    """The trial's record if it completed with the same key; None means run it."""
+    path = Path(trial.run_dir) / TRIAL_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("key") == trial.key() else None
+
+
+def run_trial(trial: Trial, task: Task | None = None, device: str | None = None) -> dict:
+    """Run one trial and return its record (written to ``trial.json`` last, atomically).
+    A diverged run is a result, not a crash: it is recorded and never selected."""
+    from e2vpt.pruning.search import prune_fixed
+    from e2vpt.training.trainer import train
+
+    out = Path(trial.run_dir)
+    record: dict[str, Any] = {"key": trial.key(), **trial.to_dict(), "diverged": False}
+    try:
+        if trial.prune is None:
+            config = {**trial.config, "output_dir": str(out)}
+            if device is not None:
+                config["device"] = device
+            cfg = TrainConfig.from_dict(config)
+            result = train(cfg, task=task, save_checkpoint=trial.save_checkpoint)
+            val, test, seconds = result.val_top1, result.eval_top1, result.train_seconds
+        else:
+            point = prune_fixed(
+                trial.prune["source"],
+                trial.prune["token_fraction"],
+                trial.prune["segment_fraction"],
+                out,
+                task=task,
+                score=trial.prune["score"],
+                progress=bool(trial.config.get("progress", True)),
+                device=device,
+            )
+            val, test, seconds = point["val_top1"], point["eval_top1"], point["train_seconds"]
+            record["prompt_values"] = point["prompt_values"]
+    except FloatingPointError as err:
+        record.update(diverged=True, error=str(err), val_top1=None, test_top1=None)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / TRIAL_FILE, record)
+        return record
+    results = json.loads((out / "results.json").read_text())
+    record.update(
+        val_top1=val,
+        test_top1=test,
+        train_seconds=seconds,
+        parameters=results.get("parameters", {}),
+    )
+    write_json(out / TRIAL_FILE, record)
+    return record
+
+
+class InProcessEngine:
+    """Trials one after another in this process, sharing the already-loaded task."""
+
+    def __init__(self, task: Task | None = None) -> None:
+        self.task = task
+
+    def run(self, trials: Sequence[Trial]) -> Iterator[dict[str, Any]]:
+        for trial in trials:
+            yield run_trial(trial, task=self.task)
+
+
+_worker_device: str | None = None
+_worker_tasks: dict[str, Task] = {}
+
+
+def _init_worker(devices: multiprocessing.Queue) -> None:
+    global _worker_device
+    _worker_device = devices.get()
+    if _worker_device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(torch.device(_worker_device))
+
+
+def _run_in_worker(trial: Trial) -> dict[str, Any]:
+    from e2vpt.training.trainer import load_task_for
+
+    cfg = TrainConfig.from_dict({**trial.config, "device": _worker_device or "auto"})
+    cache_key = json.dumps([cfg.data, cfg.data_seed, cfg.backbone, cfg.weights])
+    if cache_key not in _worker_tasks:
+        _worker_tasks[cache_key] = load_task_for(cfg)  # once per worker, then shared
+    return run_trial(trial, task=_worker_tasks[cache_key], device=_worker_device)
+
+
+class ProcessPoolEngine:
+    """One worker process per device (e.g. ``cuda:0 cuda:1``), each loading the task
+    once; trials go to whichever worker is free."""
+
+    def __init__(self, devices: Sequence[str]) -> None:
+        if not devices:
+            raise ValueError("ProcessPoolEngine needs at least one device")
+        self.devices = list(devices)
+
+    def run(self, trials: Sequence[Trial]) -> Iterator[dict[str, Any]]:
+        if not trials:
+            return
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        for device in self.devices:
+            queue.put(device)
+        with ProcessPoolExecutor(
+            max_workers=len(self.devices),
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(queue,),
+        ) as pool:
+            futures = [pool.submit(_run_in_worker, t) for t in trials]
+            for future in as_completed(futures):
+                yield future.result()
+
+
+Engine = InProcessEngine | ProcessPoolEngine
+ProgressCallback = Callable[[dict[str, Any]], None]

@@ -1,0 +1,100 @@
+"""``e2vpt report``: aggregation maths against hand-computed means, files, anchors, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from e2vpt.cli.main import main
+from e2vpt.sweeps.report import ANCHORS, HEADLINE, TASK_MEAN, build_report, write_report
+
+
+def write_sweep(
+    root: Path, task: str, group: str, method: str, scores: list[float], metric: str = "top1"
+) -> None:
+    folder = root / task / method
+    folder.mkdir(parents=True)
+    mean = sum(scores) / len(scores)
+    summary = {
+        "status": "complete",
+        "task": task,
+        "group": group,
+        "metric": metric,
+        "backbone": "demo",
+        "results": [
+            {
+                "method": method,
+                "seeds": list(range(len(scores))),
+                "test_top1": scores,
+                "test_top1_mean": mean,
+                "test_top1_std": 1.0,
+                "tunable_params": 1000 if method == "a" else 10,
+                "tunable_without_head": 0,
+                "tunable_percent": 1.0 if method == "a" else 0.01,
+            }
+        ],
+    }
+    (folder / "sweep.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    for method, offset in (("a", 0.0), ("b", -10.0)):
+        write_sweep(tmp_path, "n1", "natural", method, [80 + offset, 82 + offset])  # mean 81
+        write_sweep(tmp_path, "n2", "natural", method, [70 + offset])
+        write_sweep(tmp_path, "s1", "specialized", method, [90 + offset])
+        write_sweep(tmp_path, "t1", "structured", method, [40 + offset])
+        write_sweep(tmp_path, "f1", "fgvc", method, [85 + offset])
+        write_sweep(tmp_path, "lt", "cifar100-lt", method, [60 + offset], metric="error")
+    write_sweep(tmp_path, "t2", "structured", "a", [50.0])  # b lacks t2
+    return tmp_path
+
+
+def test_group_means_headline_and_task_mean_by_hand(runs: Path) -> None:
+    report = build_report(runs)
+    a, b = report.rows
+    assert a["method"] == "a"
+    assert a["natural mean"] == pytest.approx((81 + 70) / 2)
+    assert a["specialized mean"] == pytest.approx(90)
+    assert a["structured mean"] == pytest.approx((40 + 50) / 2)
+    assert a[HEADLINE] == pytest.approx((75.5 + 90 + 45) / 3)
+    assert a[TASK_MEAN] == pytest.approx((81 + 70 + 90 + 40 + 50) / 5)
+    assert a["fgvc mean"] == pytest.approx(85)
+    assert a["lt"] == pytest.approx(40.0)  # CIFAR-100-LT as error rate: 100 − 60
+    # b lacks a structured task: no structured mean, no headline, no task mean
+    assert b["natural mean"] == pytest.approx(65.5)
+    assert b["structured mean"] is None and b[HEADLINE] is None and b[TASK_MEAN] is None
+    assert a["% of backbone"] == pytest.approx(1.0) and b["tunable params"] == 10
+    text = report.markdown()
+    assert "81.00 ± 1.00" in text and "lt (err)" in text
+    assert text.index("| n1") < text.index("| s1") < text.index("| t1") < text.index("| f1")
+
+
+def test_report_files_and_anchor_rows(runs: Path, tmp_path: Path) -> None:
+    report = build_report(runs, anchors=True)
+    paper = {r["method"]: r for r in report.rows if r["method"].startswith("paper:")}
+    e2 = ANCHORS["e2vpt"]
+    assert paper["paper: e2vpt"][HEADLINE] == pytest.approx(
+        (e2["natural"] + e2["specialized"] + e2["structured"]) / 3
+    )
+    assert paper["paper: vpt-deep"]["fgvc mean"] == 89.11
+    out = tmp_path / "out"
+    paths = write_report(report, out, name="table")
+    assert [p.name for p in paths] == ["table.md", "table.csv", "table.json", "table.png"]
+    assert paths[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(paths[2].read_text())["rows"][0]["method"] == "a"
+    assert paths[1].read_text().splitlines()[0].startswith("method,")
+
+
+def test_report_cli(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(runs), "--anchors"]) == 0
+    assert "mean of group means" in capsys.readouterr().out
+    assert (runs / "report.md").is_file() and (runs / "report.png").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", str(empty)]) == 2
+    assert "no finished sweep" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
