@@ -152,6 +152,25 @@ def _add_train_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:
         added |= fields
 
 
+def _add_pruning_grid_flags(
+    parser: argparse.ArgumentParser, prefix: str, tokens: list[float], segments: list[float]
+) -> None:
+    parser.add_argument(
+        f"--{prefix}token-fractions",
+        type=float,
+        nargs="+",
+        default=tokens,
+        help="fractions of visual tokens to prune (default: %(default)s)",
+    )
+    parser.add_argument(
+        f"--{prefix}segment-fractions",
+        type=float,
+        nargs="+",
+        default=segments,
+        help="fractions of each kept token's segments to prune (default: %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="e2vpt",
@@ -213,17 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="e2vpt: also prune (fractions chosen on val) and report the pruned model",
     )
-    sweep.add_argument(
-        "--prune-token-fractions",
-        type=float,
-        nargs="+",
-        default=sweep_defaults.prune_token_fractions,
-    )
-    sweep.add_argument(
-        "--prune-segment-fractions",
-        type=float,
-        nargs="+",
-        default=sweep_defaults.prune_segment_fractions,
+    _add_pruning_grid_flags(
+        sweep,
+        "prune-",
+        sweep_defaults.prune_token_fractions,
+        sweep_defaults.prune_segment_fractions,
     )
     sweep.add_argument("--prune-score", choices=SCORE_MODES, default=sweep_defaults.prune_score)
     _add_train_flags(sweep, skip={"method_config", *SWEEP_OWNED})
@@ -263,20 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--from", dest="run_dir", type=Path, required=True, help="run folder of an e2vpt run"
     )
     defaults = PruneSettings()
-    prune.add_argument(
-        "--token-fractions",
-        type=float,
-        nargs="+",
-        default=defaults.token_fractions,
-        help="fractions of visual tokens to prune (default: %(default)s)",
-    )
-    prune.add_argument(
-        "--segment-fractions",
-        type=float,
-        nargs="+",
-        default=defaults.segment_fractions,
-        help="fractions of each kept token's segments to prune (default: %(default)s)",
-    )
+    _add_pruning_grid_flags(prune, "", defaults.token_fractions, defaults.segment_fractions)
     prune.add_argument(
         "--score",
         choices=SCORE_MODES,
