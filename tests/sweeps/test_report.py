@@ -49,6 +49,9 @@ def runs(tmp_path: Path) -> Path:
         write_sweep(tmp_path, "f1", "fgvc", method, [85 + offset])
         write_sweep(tmp_path, "lt", "cifar100-lt", method, [60 + offset], metric="error")
     write_sweep(tmp_path, "t2", "structured", "a", [50.0])  # b lacks t2
+    write_sweep(tmp_path, "t2", "structured", "b", [1.0])  # … but has a sweep still running
+    running = tmp_path / "t2" / "b" / "sweep.json"
+    running.write_text(json.dumps({**json.loads(running.read_text()), "status": "running"}))
     return tmp_path
 
 
@@ -67,6 +70,8 @@ def test_group_means_headline_and_task_mean_by_hand(runs: Path) -> None:
     assert b["natural mean"] == pytest.approx(65.5)
     assert b["structured mean"] is None and b[HEADLINE] is None and b[TASK_MEAN] is None
     assert a["% of backbone"] == pytest.approx(1.0) and b["tunable params"] == 10
+    with_running = build_report(runs, include_running=True).rows[1]
+    assert with_running["t2"] == pytest.approx(1.0) and with_running[HEADLINE] is not None
     text = report.markdown()
     assert "81.00 ± 1.00" in text and "lt (err)" in text
     assert text.index("| n1") < text.index("| s1") < text.index("| t1") < text.index("| f1")

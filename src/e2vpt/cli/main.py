@@ -254,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--anchors", action="store_true", help="add SPEC §4's paper numbers (ViT-B/16) as rows"
     )
+    report.add_argument(
+        "--include-running",
+        action="store_true",
+        help="also sweeps not finished yet (their seeds so far)",
+    )
 
     evaluate = sub.add_parser("eval", help="evaluate a trained run folder")
     evaluate.add_argument("run_dir", type=Path)
@@ -411,7 +416,7 @@ def cmd_sweep(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from e2vpt.sweeps.report import build_report, write_report
 
-    report = build_report(args.runs_dir, anchors=args.anchors)
+    report = build_report(args.runs_dir, anchors=args.anchors, include_running=args.include_running)
     if not report.entries:
         raise FileNotFoundError(
             f"no finished sweep (sweep.json) under {args.runs_dir}; run `e2vpt sweep "

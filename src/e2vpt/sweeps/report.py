@@ -65,8 +65,9 @@ def _order(name: str, order: tuple[str, ...]) -> tuple[int, str]:
     return (order.index(name) if name in order else len(order), name)
 
 
-def collect(runs_dir: str | Path) -> list[Entry]:
-    """Every sweep.json under ``runs_dir`` (any depth), one entry per reported method."""
+def collect(runs_dir: str | Path, include_running: bool = False) -> list[Entry]:
+    """Every sweep.json under ``runs_dir`` (any depth), one entry per reported method;
+    a sweep still running (or killed) only with ``include_running``."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise FileNotFoundError(
@@ -78,6 +79,8 @@ def collect(runs_dir: str | Path) -> list[Entry]:
             summary = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"cannot read sweep results {path}: {err}") from err
+        if summary.get("status") != "complete" and not include_running:
+            continue
         metric = summary.get("metric", "top1")
         for result in summary.get("results", []):
             mean = result.get("test_top1_mean")
@@ -145,8 +148,10 @@ class Report:
         }
 
 
-def build_report(runs_dir: str | Path, anchors: bool = False) -> Report:
-    entries = collect(runs_dir)
+def build_report(
+    runs_dir: str | Path, anchors: bool = False, include_running: bool = False
+) -> Report:
+    entries = collect(runs_dir, include_running)
     tasks = sorted(
         {(e.group, e.task, e.metric) for e in entries},
         key=lambda t: (_order(t[0], GROUP_ORDER), t[1]),
