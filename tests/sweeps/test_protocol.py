@@ -15,6 +15,7 @@ from e2vpt.methods.base import ConfigError
 from e2vpt.sweeps.protocol import SweepError, SweepSettings, run_sweep, select_grid_point
 from e2vpt.training.config import TrainConfig
 from tests.conftest import small_builtin_task, write_vtab_tree
+from tests.pruning.test_search import run_config
 
 
 def record(lr: float, wd: float, val: float | None, diverged: bool = False) -> dict:
@@ -138,14 +139,7 @@ def test_a_killed_sweep_resumes_without_redoing_trials(
 
 
 def test_pruned_e2vpt_finals_use_the_fractions_chosen_on_val(tmp_path: Path, task: Task) -> None:
-    cfg = TrainConfig(
-        method="e2vpt",
-        method_config={"visual_tokens": 4, "kv_tokens": 1},
-        epochs=1,
-        warmup_epochs=0,
-        batch_size=16,
-        progress=False,
-    )
+    cfg = run_config(tmp_path, batch_size=16)  # the sweep sets each trial's output_dir
     settings = SweepSettings(
         base_lrs=[0.1],
         weight_decays=[1e-4],

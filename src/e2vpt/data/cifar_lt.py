@@ -22,7 +22,9 @@ NUM_CLASSES = 100
 MAX_PER_CLASS = 500
 
 
-def lt_class_counts(ratio: float, num_classes: int = NUM_CLASSES, n_max: int = MAX_PER_CLASS):
+def lt_class_counts(
+    ratio: float, num_classes: int = NUM_CLASSES, n_max: int = MAX_PER_CLASS
+) -> list[int]:
     """n_i = ⌊n_max · ρ^(−i/(C−1))⌋: the exponential profile of Cui et al. / Cao et al."""
     return [int(n_max * ratio ** (-i / (num_classes - 1))) for i in range(num_classes)]
 

@@ -48,7 +48,7 @@ class Task:
         return len(self.classes)
 
     def split(self, name: str) -> Split:
-        if name == TRAINVAL and name not in self.splits and {"train", "val"} <= set(self.splits):
+        if name == TRAINVAL and name not in self.splits and self.has_split(name):
             train, val = self.splits["train"], self.splits["val"]
             self.splits[name] = Split(
                 torch.cat([train.images, val.images]), torch.cat([train.labels, val.labels])
@@ -116,7 +116,7 @@ def decode_images(
             for path in tqdm(paths, desc=desc, disable=not progress, leave=False)
         ]
     )
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    return to_tensor(images, size)  # already at size: only the layout changes
 
 
 def check_labels(labels: Sequence[int], num_classes: int, source: Path) -> None:

@@ -106,10 +106,6 @@ def collect(runs_dir: str | Path, include_running: bool = False) -> list[Entry]:
     return entries
 
 
-def _mean(values: list[float]) -> float:
-    return statistics.fmean(values)
-
-
 @dataclass
 class Report:
     entries: list[Entry]
@@ -171,17 +167,17 @@ def build_report(
             in_group = [t for g, t, _ in tasks if g == group]
             values = [row[t] for t in in_group]
             complete = all(v is not None for v in values)
-            row[f"{group} mean"] = _mean(values) if complete and values else None
+            row[f"{group} mean"] = statistics.fmean(values) if complete and values else None
         vtab = [g for g in groups if g in VTAB_GROUPS]
         if vtab:
             group_means = [row[f"{g} mean"] for g in vtab]
-            row[HEADLINE] = _mean(group_means) if None not in group_means else None
+            row[HEADLINE] = statistics.fmean(group_means) if None not in group_means else None
             task_values = [row[t] for g, t, _ in tasks if g in VTAB_GROUPS]
-            row[TASK_MEAN] = _mean(task_values) if None not in task_values else None
+            row[TASK_MEAN] = statistics.fmean(task_values) if None not in task_values else None
         percents = [e.tunable_percent for e in mine.values() if e.tunable_percent is not None]
         params = [e.tunable_params for e in mine.values() if e.tunable_params is not None]
-        row["tunable params"] = round(_mean(params)) if params else None
-        row["% of backbone"] = _mean(percents) if percents else None
+        row["tunable params"] = round(statistics.fmean(params)) if params else None
+        row["% of backbone"] = statistics.fmean(percents) if percents else None
         row["tasks"] = len(mine)
         rows.append(row)
     if anchors:
@@ -192,7 +188,7 @@ def build_report(
                     row[f"{group} mean"] = values[group]
             vtab = [g for g in VTAB_GROUPS if g in values]
             if any(g in VTAB_GROUPS for g in groups):
-                row[HEADLINE] = _mean([values[g] for g in vtab])
+                row[HEADLINE] = statistics.fmean([values[g] for g in vtab])
             rows.append(row)
     return Report(entries=entries, rows=rows, tasks=tasks, groups=groups)
 
@@ -213,7 +209,7 @@ def plot_report(report: Report, path: Path, title: str = "") -> None:
         y = row.get(HEADLINE)
         if y is None:
             values = [row[t] for _, t, m in report.tasks if m == "top1" and row.get(t) is not None]
-            y = _mean(values) if values else None
+            y = statistics.fmean(values) if values else None
         if x is None or y is None or x <= 0:
             continue
         ax.scatter([x], [y], s=60)
