@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from timm.models import register_model
+from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 
 from e2vpt.data import Split, Task, load_builtin
@@ -25,6 +27,55 @@ def make_tiny_vit(seed: int = 0, **overrides: object) -> VisionTransformer:
     model.e2vpt_backbone_name = "tiny_test_vit"
     model.eval()
     return model
+
+
+TINY_SWIN = dict(
+    img_size=32, patch_size=4, embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=4
+)
+
+
+def make_tiny_swin(seed: int = 0, **overrides: object) -> SwinTransformer:
+    """Two stages: stage 0 has 4 windows and a shifted block, stage 1 a single window."""
+    torch.manual_seed(seed)
+    model = SwinTransformer(num_classes=10, **{**TINY_SWIN, **overrides})
+    model.e2vpt_backbone_name = "tiny_test_swin"
+    model.eval()
+    return model
+
+
+@register_model
+def e2vpt_test_swin(pretrained: bool = False, **kwargs: object) -> SwinTransformer:
+    """A timm name for the tiny Swin, so CLI tests can pass ``--backbone e2vpt_test_swin``."""
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_strict"):
+        kwargs.pop(key, None)
+    model = SwinTransformer(**{**TINY_SWIN, "num_classes": 10, **kwargs})
+    model.pretrained_cfg = dict(
+        architecture="e2vpt_test_swin",
+        input_size=(3, 32, 32),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        interpolation="bilinear",
+        crop_pct=1.0,
+    )
+    return model
+
+
+def make_tiny_register_vit(seed: int = 0) -> VisionTransformer:
+    """DINOv2-style: CLS + 2 register tokens, layer scale."""
+    return make_tiny_vit(seed, reg_tokens=2, init_values=1e-2)
+
+
+def make_tiny_clip_vit(seed: int = 0) -> VisionTransformer:
+    """CLIP-style: a LayerNorm before the blocks (timm's `norm_pre`)."""
+    return make_tiny_vit(seed, pre_norm=True)
+
+
+BACKBONE_FAMILIES: dict[str, Callable[..., torch.nn.Module]] = {
+    "vit": make_tiny_vit,
+    "register-vit": make_tiny_register_vit,
+    "clip-vit": make_tiny_clip_vit,
+    "swin": make_tiny_swin,
+}
 
 
 @pytest.fixture

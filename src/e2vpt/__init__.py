@@ -24,7 +24,7 @@ from e2vpt.methods import (
     method_config,
     register_method,
 )
-from e2vpt.model import PromptedViT, wrap
+from e2vpt.model import PromptedModel, PromptedSwin, PromptedViT, wrap
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,8 @@ __all__ = [
     "LinearConfig",
     "MethodConfig",
     "ParameterCount",
+    "PromptedModel",
+    "PromptedSwin",
     "PromptedViT",
     "VPTConfig",
     "count_parameters",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from e2vpt.model import PromptedViT
+from e2vpt.model import PromptedModel
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class ParameterCount:
         )
 
 
-def count_parameters(model: PromptedViT) -> ParameterCount:
+def count_parameters(model: PromptedModel) -> ParameterCount:
     head_names = set(model.head_parameter_names())
     tunable = head = 0
     for name, param in model.named_parameters():

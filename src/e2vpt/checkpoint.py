@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from e2vpt.methods.base import ConfigError, method_config
-from e2vpt.model import PromptedViT, backbone_fingerprint, backbone_signature, wrap
+from e2vpt.model import PromptedModel, backbone_fingerprint, backbone_signature, wrap
 from e2vpt.state import diff_state
 
 TENSORS_FILE = "adapter.safetensors"
@@ -58,7 +58,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 SPARSE_PREFIX = "visual_prompts."
 
 
-def tunable_state(model: PromptedViT) -> dict[str, torch.Tensor]:
+def tunable_state(model: PromptedModel) -> dict[str, torch.Tensor]:
     """What a checkpoint stores: trained parameters plus the method's own buffers (masks).
 
     A pruned model stores its visual prompts sparsely: the surviving values plus the
@@ -74,7 +74,7 @@ def tunable_state(model: PromptedViT) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
-def _pruning_summary(model: PromptedViT) -> dict[str, Any] | None:
+def _pruning_summary(model: PromptedModel) -> dict[str, Any] | None:
     prompts = model.visual_prompts
     if prompts is None or not prompts.pruned or prompts.kept_tokens is None:
         return None
@@ -86,9 +86,9 @@ def _pruning_summary(model: PromptedViT) -> dict[str, Any] | None:
     }
 
 
-def save(model: PromptedViT, directory: str | os.PathLike[str]) -> Path:
+def save(model: PromptedModel, directory: str | os.PathLike[str]) -> Path:
     """Write the tunable tensors and the rebuild recipe into ``directory``."""
-    if not isinstance(model, PromptedViT):
+    if not isinstance(model, PromptedModel):
         raise TypeError("e2vpt.save expects a model made by e2vpt.wrap")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def load(
     num_classes: int | None = None,
     map_location: str | torch.device = "cpu",
     check_fingerprint: bool = True,
-) -> PromptedViT:
+) -> PromptedModel:
     """Rebuild a model from a checkpoint folder.
 
     Without ``backbone`` the one named in adapter.json is created (with its pretrained

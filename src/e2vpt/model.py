@@ -1,4 +1,4 @@
-"""The wrapped model: a frozen timm ViT, the method's additions, and a new head."""
+"""The wrapped model: a frozen timm ViT or Swin, the method's additions, and a new head."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import hashlib
 from typing import Any
 
 import torch
+from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
+from e2vpt.layers.kv_attention import add_kv_prompts
 from e2vpt.layers.prompts import VisualPrompts
+from e2vpt.layers.swin_prompts import StagePrompts, prompt_attention_of, prompted_block_forward
 from e2vpt.methods.base import ConfigError, MethodConfig, get_method
 
 
@@ -25,9 +28,24 @@ def backbone_name_of(backbone: nn.Module) -> str | None:
     return f"{arch}.{tag}" if tag else str(arch)
 
 
+def is_swin(backbone: nn.Module) -> bool:
+    return isinstance(backbone, SwinTransformer)
+
+
 def backbone_signature(backbone: nn.Module) -> dict[str, Any]:
     """Architecture facts a checkpoint must agree with."""
     patch = tuple(backbone.patch_embed.patch_size)
+    if is_swin(backbone):
+        blocks = [stage.blocks[0] for stage in backbone.layers]
+        return {
+            "class": type(backbone).__name__,
+            "stage_dims": [int(block.dim) for block in blocks],
+            "depths": [len(stage.blocks) for stage in backbone.layers],
+            "num_heads": [int(block.attn.num_heads) for block in blocks],
+            "window_size": list(blocks[0].window_size),
+            "patch_size": list(patch),
+            "img_size": list(backbone.patch_embed.img_size or ()),
+        }
     return {
         "class": type(backbone).__name__,
         "embed_dim": int(backbone.embed_dim),
@@ -53,26 +71,18 @@ def backbone_fingerprint(backbone: nn.Module) -> str | None:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-class PromptedViT(nn.Module):
-    """A timm ``VisionTransformer`` used as it is, with prompts inserted around its own
-    blocks and a fresh ``head``. The frozen backbone stays in eval mode whatever
-    ``train()`` is called with, so only prompt dropout is active while training."""
+VIT_POOLS = ("token", "avg", "avg-fc-norm", "map", "max", "avgmax")
+SWIN_POOLS = ("avg",)
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        num_classes: int,
-        backbone_name: str | None = None,
-        global_pool: str | None = None,
-    ) -> None:
+
+class PromptedModel(nn.Module):
+    """What every wrapped backbone shares: a frozen backbone that stays in eval mode
+    whatever ``train()`` is called with (so only prompt dropout is active while
+    training), a fresh ``head``, and the bookkeeping checkpoints need. Subclasses say
+    where prompts go (:meth:`add_visual_prompts`, :meth:`add_kv_prompts`)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, backbone_name: str | None) -> None:
         super().__init__()
-        for attr in ("patch_embed", "blocks", "_pos_embed", "num_prefix_tokens", "forward_head"):
-            if not hasattr(backbone, attr):
-                raise ConfigError(
-                    f"backbone {type(backbone).__name__} is not a timm VisionTransformer "
-                    f"(it has no {attr!r}); e2vpt wraps timm ViTs such as "
-                    "'vit_base_patch16_224.augreg_in21k' or the bundled 'demo_vit_cifar10'"
-                )
         if num_classes < 1:
             raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
         self.backbone_name = backbone_name or backbone_name_of(backbone)
@@ -81,20 +91,18 @@ class PromptedViT(nn.Module):
         self.backbone_param_count = sum(
             p.numel() for n, p in backbone.named_parameters() if not n.startswith("head.")
         )
-        backbone.reset_classifier(0, global_pool=global_pool)
-        self.global_pool = backbone.global_pool
         self.backbone = backbone
-        self.embed_dim = int(backbone.embed_dim)
-        self.num_blocks = len(backbone.blocks)
-        self.num_prefix_tokens = int(backbone.num_prefix_tokens)
-        self.patch_size = tuple(backbone.patch_embed.patch_size)
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
-        self.visual_prompts: VisualPrompts | None = None
+        self.patch_size = tuple(backbone.patch_embed.patch_size)
+        self.visual_prompts: VisualPrompts | None = None  # ViT's (prunable) prompts
         self.frozen_backbone = True
         self.method_config: MethodConfig | None = None
+        self.global_pool = ""
+
+    def _make_head(self, width: int) -> None:
+        self.head = nn.Linear(width, self.num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
 
     # -- method plumbing -------------------------------------------------------------
     def freeze_backbone(self) -> None:
@@ -105,7 +113,7 @@ class PromptedViT(nn.Module):
     def method_name(self) -> str:
         return self.method_config.method_name if self.method_config else "none"
 
-    def train(self, mode: bool = True) -> PromptedViT:
+    def train(self, mode: bool = True) -> PromptedModel:
         super().train(mode)
         if self.frozen_backbone:
             self.backbone.eval()
@@ -113,6 +121,95 @@ class PromptedViT(nn.Module):
 
     def head_parameter_names(self) -> list[str]:
         return ["head.weight", "head.bias"]
+
+    def add_visual_prompts(
+        self,
+        tokens: int,
+        deep: bool,
+        dropout: float,
+        project: bool = False,
+        mask_segments: int | None = None,
+    ) -> None:
+        raise NotImplementedError
+
+    def add_kv_prompts(self, tokens: int, shared: bool) -> None:
+        raise NotImplementedError
+
+    # -- forward ---------------------------------------------------------------------
+    def forward_pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_pre_logits(x))
+
+
+class PromptedViT(PromptedModel):
+    """A timm ``VisionTransformer`` used as it is, with prompts inserted around its own
+    blocks (after the prefix tokens: CLS and any register tokens)."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        backbone_name: str | None = None,
+        global_pool: str | None = None,
+    ) -> None:
+        for attr in ("patch_embed", "blocks", "_pos_embed", "num_prefix_tokens", "forward_head"):
+            if not hasattr(backbone, attr):
+                raise ConfigError(
+                    f"backbone {type(backbone).__name__} is not a timm VisionTransformer or "
+                    f"SwinTransformer (it has no {attr!r}); e2vpt wraps timm ViTs such as "
+                    "'vit_base_patch16_224.augreg_in21k', Swins such as "
+                    "'swin_base_patch4_window7_224.ms_in22k', or the bundled 'demo_vit_cifar10'"
+                )
+        super().__init__(backbone, num_classes, backbone_name)
+        self.global_pool = self._set_pooling(backbone, global_pool)
+        self.embed_dim = int(backbone.embed_dim)
+        self.num_blocks = len(backbone.blocks)
+        self.num_prefix_tokens = int(backbone.num_prefix_tokens)
+        self._make_head(self.embed_dim)
+
+    @staticmethod
+    def _set_pooling(backbone: nn.Module, requested: str | None) -> str:
+        """SPEC §1.4: the backbone's convention (CLS; MAE: mean of the non-CLS tokens
+        then ``fc_norm``), or what the user asks for."""
+        pool = requested or getattr(backbone, "e2vpt_pool_convention", None)
+        pool = pool or backbone.global_pool or "token"
+        if pool not in VIT_POOLS:
+            raise ConfigError(f"unknown pooling {pool!r} for a ViT; choose one of {VIT_POOLS}")
+        if pool == "token" and not getattr(backbone, "has_class_token", True):
+            raise ConfigError(
+                f"{type(backbone).__name__} has no class token, so 'token' pooling would read "
+                "a patch or prompt; use global_pool='avg' (or 'map' where the model has one)"
+            )
+        if pool == "map" and getattr(backbone, "attn_pool", None) is None:
+            raise ConfigError("'map' pooling needs a backbone with an attention-pool head")
+        backbone.reset_classifier(0, global_pool="avg" if pool == "avg-fc-norm" else pool)
+        if pool == "avg-fc-norm" and isinstance(backbone.fc_norm, nn.Identity):
+            # the final norm moves behind the pooling, keeping its pretrained affine
+            backbone.fc_norm, backbone.norm = backbone.norm, nn.Identity()
+        return pool
+
+    def add_visual_prompts(
+        self,
+        tokens: int,
+        deep: bool,
+        dropout: float,
+        project: bool = False,
+        mask_segments: int | None = None,
+    ) -> None:
+        self.visual_prompts = VisualPrompts(
+            num_layers=self.num_blocks if deep else 1,
+            tokens=tokens,
+            dim=self.embed_dim,
+            patch_size=self.patch_size,
+            dropout=dropout,
+            project=project,
+            mask_segments=mask_segments,
+        )
+
+    def add_kv_prompts(self, tokens: int, shared: bool) -> None:
+        add_kv_prompts(self.backbone, tokens=tokens, shared=shared)
 
     # -- forward ---------------------------------------------------------------------
     def _insert_prompts(self, x: torch.Tensor, layer: int) -> torch.Tensor:
@@ -142,8 +239,80 @@ class PromptedViT(nn.Module):
     def forward_pre_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_head(self.forward_features(x), pre_logits=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_pre_logits(x))
+
+class PromptedSwin(PromptedModel):
+    """A timm ``SwinTransformer`` with prompts inside its window attention
+    (:mod:`e2vpt.layers.swin_prompts`). Features: the final norm, then the average over
+    the last stage's tokens (prompts included, as for ViT average pooling)."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        backbone_name: str | None = None,
+        global_pool: str | None = None,
+    ) -> None:
+        super().__init__(backbone, num_classes, backbone_name)
+        pool = global_pool or "avg"
+        if pool not in SWIN_POOLS:
+            raise ConfigError(f"Swin backbones pool by averaging; got global_pool={pool!r}")
+        self.global_pool = pool
+        backbone.reset_classifier(0)
+        self.stage_dims = [int(stage.blocks[0].dim) for stage in backbone.layers]
+        self.depths = [len(stage.blocks) for stage in backbone.layers]
+        self.embed_dim = self.stage_dims[0]
+        self.num_blocks = sum(self.depths)
+        self.stage_prompts: StagePrompts | None = None
+        self._make_head(int(backbone.num_features))
+
+    def add_visual_prompts(
+        self,
+        tokens: int,
+        deep: bool,
+        dropout: float,
+        project: bool = False,
+        mask_segments: int | None = None,
+    ) -> None:
+        # pruning masks are not offered on Swin (pruning/importance.py refuses it)
+        self.stage_prompts = StagePrompts(
+            self.depths, self.stage_dims, tokens, deep, self.patch_size, dropout, project
+        )
+        for stage in self.backbone.layers:
+            for block in stage.blocks:
+                prompt_attention_of(block)
+
+    def add_kv_prompts(self, tokens: int, shared: bool) -> None:
+        from e2vpt.layers.swin_prompts import PromptedWindowAttention
+
+        for stage in self.backbone.layers:
+            for block in stage.blocks:
+                base = prompt_attention_of(block).base
+                block.attn = PromptedWindowAttention(base, tokens, shared)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        bb = self.backbone
+        x = bb.patch_embed(x)
+        prompts: torch.Tensor | None = None
+        for s, stage in enumerate(bb.layers):
+            x = stage.downsample(x)
+            prompts = None  # a new width: the previous stage's prompts do not carry over
+            for b, block in enumerate(stage.blocks):
+                if self.stage_prompts is not None:
+                    fresh = self.stage_prompts.at(s, b, x.shape[0])
+                    prompts = fresh.to(x.dtype) if fresh is not None else prompts
+                if prompts is None:
+                    x = block(x)
+                else:
+                    x, prompts = prompted_block_forward(block, x, prompts)
+        x = bb.norm(x)
+        return x, (bb.norm(prompts) if prompts is not None else None)
+
+    def forward_pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        grid, prompts = self.forward_features(x)
+        tokens = grid.flatten(1, 2)
+        if prompts is not None:
+            tokens = torch.cat([prompts, tokens], dim=1)
+        return tokens.mean(dim=1)
 
 
 def wrap(
@@ -152,16 +321,17 @@ def wrap(
     num_classes: int,
     backbone_name: str | None = None,
     global_pool: str | None = None,
-) -> PromptedViT:
-    """Apply a method to a timm ViT: freeze what the method freezes, add its parts,
-    attach a new ``num_classes`` head. The backbone object is modified in place."""
+) -> PromptedModel:
+    """Apply a method to a timm ViT or Swin: freeze what the method freezes, add its
+    parts, attach a new ``num_classes`` head. The backbone object is modified in place."""
     if not isinstance(config, MethodConfig):
         raise ConfigError(
             f"config must be a method config such as E2VPTConfig(), got {type(config).__name__}"
         )
     config.validate()
     spec = get_method(config.method_name)
-    model = PromptedViT(backbone, num_classes, backbone_name, global_pool)
+    model_cls = PromptedSwin if is_swin(backbone) else PromptedViT
+    model = model_cls(backbone, num_classes, backbone_name, global_pool)
     spec.apply(model, config)
     model.method_config = config
     model.train(model.training)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from e2vpt.model import PromptedViT
+    from e2vpt.model import PromptedModel
 
 
 class ConfigError(ValueError):
@@ -53,7 +53,7 @@ class MethodConfig:
         return config
 
 
-ApplyFn = Callable[["PromptedViT", Any], None]
+ApplyFn = Callable[["PromptedModel", Any], None]
 
 
 @dataclass(frozen=True)

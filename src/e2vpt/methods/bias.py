@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 from e2vpt.methods.base import MethodConfig, register_method
 
 if TYPE_CHECKING:
-    from e2vpt.model import PromptedViT
+    from e2vpt.model import PromptedModel
 
 
 @dataclass
@@ -17,7 +17,7 @@ class BiasConfig(MethodConfig):
 
 
 @register_method(BiasConfig, "all biases + head (BitFit)")
-def apply_bias(model: PromptedViT, config: BiasConfig) -> None:
+def apply_bias(model: PromptedModel, config: BiasConfig) -> None:
     model.freeze_backbone()
     for name, param in model.backbone.named_parameters():
         if name.endswith(".bias"):

@@ -9,12 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from e2vpt.layers.kv_attention import add_kv_prompts
-from e2vpt.layers.prompts import VisualPrompts
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
 
 if TYPE_CHECKING:
-    from e2vpt.model import PromptedViT
+    from e2vpt.model import PromptedModel
 
 
 @dataclass
@@ -33,19 +31,17 @@ class E2VPTConfig(MethodConfig):
 
 
 @register_method(E2VPTConfig, "deep visual prompts + key-value prompts + head (E²VPT)")
-def apply_e2vpt(model: PromptedViT, config: E2VPTConfig) -> None:
+def apply_e2vpt(model: PromptedModel, config: E2VPTConfig) -> None:
     model.freeze_backbone()
     if config.mask_segments > model.embed_dim:
         raise ConfigError(
             f"e2vpt: mask_segments={config.mask_segments} exceeds the model width "
             f"{model.embed_dim}; use at most {model.embed_dim}"
         )
-    model.visual_prompts = VisualPrompts(
-        num_layers=model.num_blocks,
+    model.add_visual_prompts(
         tokens=config.visual_tokens,
-        dim=model.embed_dim,
-        patch_size=model.patch_size,
+        deep=True,
         dropout=config.visual_dropout,
         mask_segments=config.mask_segments,
     )
-    add_kv_prompts(model.backbone, tokens=config.kv_tokens, shared=config.shared_kv)
+    model.add_kv_prompts(tokens=config.kv_tokens, shared=config.shared_kv)

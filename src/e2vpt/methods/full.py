@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 from e2vpt.methods.base import MethodConfig, register_method
 
 if TYPE_CHECKING:
-    from e2vpt.model import PromptedViT
+    from e2vpt.model import PromptedModel
 
 
 @dataclass
@@ -19,6 +19,6 @@ class FullConfig(MethodConfig):
 
 
 @register_method(FullConfig, "everything (full fine-tuning, AdamW)")
-def apply_full(model: PromptedViT, config: FullConfig) -> None:
+def apply_full(model: PromptedModel, config: FullConfig) -> None:
     model.backbone.requires_grad_(True)
     model.frozen_backbone = False

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 from e2vpt.methods.base import MethodConfig, register_method
 
 if TYPE_CHECKING:
-    from e2vpt.model import PromptedViT
+    from e2vpt.model import PromptedModel
 
 
 @dataclass
@@ -17,5 +17,5 @@ class LinearConfig(MethodConfig):
 
 
 @register_method(LinearConfig, "head only (linear probing)")
-def apply_linear(model: PromptedViT, config: LinearConfig) -> None:
+def apply_linear(model: PromptedModel, config: LinearConfig) -> None:
     model.freeze_backbone()

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from e2vpt.layers.prompts import VisualPrompts
 from e2vpt.methods.base import MethodConfig, register_method
 
 if TYPE_CHECKING:
-    from e2vpt.model import PromptedViT
+    from e2vpt.model import PromptedModel
 
 
 @dataclass
@@ -34,13 +33,11 @@ class VPTConfig(MethodConfig):
         return "vpt-deep" if self.deep else "vpt-shallow"
 
 
-def _apply_vpt(model: PromptedViT, config: VPTConfig) -> None:
+def _apply_vpt(model: PromptedModel, config: VPTConfig) -> None:
     model.freeze_backbone()
-    model.visual_prompts = VisualPrompts(
-        num_layers=model.num_blocks if config.deep else 1,
+    model.add_visual_prompts(
         tokens=config.tokens,
-        dim=model.embed_dim,
-        patch_size=model.patch_size,
+        deep=config.deep,
         dropout=float(config.dropout or 0.0),
         project=config.project,
     )

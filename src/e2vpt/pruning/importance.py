@@ -55,6 +55,11 @@ class ImportanceScores:
 
 
 def prunable_prompts(model: PromptedViT) -> VisualPrompts:
+    if not isinstance(model, PromptedViT):
+        raise ConfigError(
+            f"prompt pruning is implemented for ViT backbones; {model.backbone_name} is a "
+            f"{model.backbone_signature['class']}. Train E²VPT on it without pruning"
+        )
     prompts = model.visual_prompts
     if prompts is None or prompts.mask_segments is None:
         raise ConfigError(

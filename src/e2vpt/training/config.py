@@ -68,7 +68,7 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum
     seed: int = 42  # init, shuffling and dropout
     augment: str = "auto"  # auto (the task's protocol) | none | flip | crop-flip | random-crop-flip
-    global_pool: str | None = None  # None: the backbone's own convention
+    global_pool: str | None = None  # None: backbone convention | token | avg | avg-fc-norm | map
     train_split: str = "train"
     val_split: str | None = "val"  # evaluated every epoch when the task has it
     eval_split: str | None = "test"  # final top-1 (None: none, as in a sweep's grid trials)

@@ -8,11 +8,11 @@ import torch
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from e2vpt.model import PromptedViT
+from e2vpt.model import PromptedModel
 from e2vpt.training.config import TrainConfig
 
 
-def parameter_groups(model: PromptedViT | nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(model: PromptedModel | nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -25,7 +25,7 @@ def parameter_groups(model: PromptedViT | nn.Module, weight_decay: float) -> lis
 
 
 def build_optimizer(
-    model: PromptedViT | nn.Module, cfg: TrainConfig, optimizer: str, device: torch.device
+    model: PromptedModel | nn.Module, cfg: TrainConfig, optimizer: str, device: torch.device
 ) -> torch.optim.Optimizer:
     lr = cfg.resolved_base_lr() * cfg.batch_size / 256
     groups = parameter_groups(model, cfg.weight_decay)

@@ -24,7 +24,7 @@ from e2vpt.backbones import create_backbone
 from e2vpt.checkpoint import atomic_write_text, save
 from e2vpt.data import Split, Task, load_task
 from e2vpt.data.augment import apply_augment
-from e2vpt.model import PromptedViT, wrap
+from e2vpt.model import PromptedModel, wrap
 from e2vpt.reporting import format_table, write_csv, write_json
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.optim import build_optimizer, build_scheduler
@@ -135,7 +135,7 @@ def predict(
 
 
 def top1(
-    model: PromptedViT,
+    model: PromptedModel,
     split: Split,
     normalizer: Normalizer,
     device: torch.device,
@@ -171,7 +171,7 @@ def train(
     task: Task | None = None,
     save_checkpoint: bool = True,
     feature_cache: dict[tuple, dict[str, torch.Tensor]] | None = None,
-    customize: Callable[[PromptedViT], object] | None = None,
+    customize: Callable[[PromptedModel], object] | None = None,
 ) -> RunResult:
     """Train one method on one task and write the run folder.
 
