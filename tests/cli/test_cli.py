@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from e2vpt.cli.main import build_parser, config_from_args, main
+from tests.backbones.test_weight_files import write_swin_original
+from tests.conftest import make_tiny_swin
 
 
 def parse_train(argv: list[str]):
@@ -58,9 +60,22 @@ def test_info_prints_the_parameter_table(capsys: pytest.CaptureFixture[str]) -> 
     assert rows["e2vpt"]["without head"] == 12 * 10 * 768 + 12 * 5 * 768
     assert rows["vpt-deep"]["without head"] == 12 * 10 * 768
     assert rows["linear"]["tunable"] == 768 * 100 + 100
-    assert rows["full"]["backbone"] == 85_798_656
+    assert rows["full"]["backbone params"] == 85_798_656
     assert main(["info"]) == 0
     assert "| e2vpt" in capsys.readouterr().out
+
+
+def test_info_covers_swin_and_several_backbones(capsys: pytest.CaptureFixture[str]) -> None:
+    swin, dinov2 = "swin_base_patch4_window7_224.ms_in22k", "vit_small_patch14_reg4_dinov2"
+    assert main(["info", "--backbone", swin, dinov2, "--json"]) == 0
+    rows = {(r["backbone"], r["method"]): r for r in json.loads(capsys.readouterr().out)}
+    # Swin-B: stages of depth 2, 2, 18, 2 and width 128, 256, 512, 1024
+    widths = 2 * 128 + 2 * 256 + 18 * 512 + 2 * 1024
+    assert rows[swin, "e2vpt"]["without head"] == widths * (10 + 5)
+    assert rows[swin, "vpt-deep"]["without head"] == widths * 10
+    assert rows[swin, "vpt-shallow"]["without head"] == 10 * 128  # stage 0 only
+    assert rows[swin, "linear"]["tunable"] == 1024 * 100 + 100
+    assert rows[dinov2, "vpt-deep"]["without head"] == 12 * 10 * 384
 
 
 @pytest.mark.parametrize(
@@ -111,6 +126,29 @@ def test_train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     # a checkpoint for 9 classes cannot be evaluated on an 8-class task
     assert main(["eval", str(run), "--data", "builtin:orientation"]) == 2
     assert "9-class head" in capsys.readouterr().err
+
+
+def test_swin_from_its_original_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The whole user path on a Swin: --weights in Microsoft's format, E²VPT, eval from
+    the checkpoint folder alone (it names the backbone and the weights file)."""
+    weights = tmp_path / "swin_original.pth"
+    write_swin_original(make_tiny_swin(seed=9), weights)
+    run = tmp_path / "run"
+    common = ["--epochs", "1", "--warmup-epochs", "0", "--no-progress"]
+    code = main(
+        ["train", "--backbone", "e2vpt_test_swin", "--weights", str(weights), "--method"]
+        + ["e2vpt", "--visual-tokens", "2", "--kv-tokens", "1", "--data", "builtin:position"]
+        + ["--output-dir", str(run), *common]
+    )
+    assert code == 0
+    results = json.loads((run / "results.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    assert f"{100 * results['eval_top1']:.2f}" in capsys.readouterr().out
+    assert main(["prune", "--from", str(run), "--output-dir", str(tmp_path / "pruned")]) == 2
+    assert "pruning is implemented for ViT" in capsys.readouterr().err
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -298,7 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--no-progress", dest="progress", action="store_false")
 
     info = sub.add_parser("info", help="parameter accounting for a backbone × method")
-    info.add_argument("--backbone", default=DEMO_BACKBONE)
+    info.add_argument(
+        "--backbone",
+        nargs="+",
+        default=[DEMO_BACKBONE],
+        help="one or more timm names (computed on the meta device: no weights, no memory)",
+    )
     info.add_argument("--num-classes", type=int, default=100)
     info.add_argument(
         "--methods",
@@ -307,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"methods to list (default: {' '.join(list_methods())})",
     )
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument(
+        "--wide",
+        action="store_true",
+        help="one row per backbone, one column per method (tunable without head, %% of backbone)",
+    )
     info.add_argument("--visual-tokens", type=int, default=None, help="E²VPT / VPT prompt tokens")
     info.add_argument("--kv-tokens", type=int, default=None, help="E²VPT key-value tokens")
     return parser
@@ -503,43 +513,63 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from e2vpt.accounting import count_parameters
 
-    name = canonical_name(args.backbone)
+    names = [canonical_name(b) for b in args.backbone]
     methods = args.methods or list_methods()
     rows = []
-    for method in methods:
-        options: dict[str, Any] = {}
-        if method == "e2vpt":
-            if args.visual_tokens is not None:
-                options["visual_tokens"] = args.visual_tokens
-            if args.kv_tokens is not None:
-                options["kv_tokens"] = args.kv_tokens
-        elif method.startswith("vpt") and args.visual_tokens is not None:
-            options["tokens"] = args.visual_tokens
-        config = method_config(method, options)
-        # meta device: no memory and no weights needed, even for ViT-H
-        with torch.device("meta"):
-            backbone = create_backbone(name, pretrained=False)
-        model = wrap(backbone, config, args.num_classes)
-        counts = count_parameters(model)
-        described = ", ".join(
-            f"{k}={v}" for k, v in config.to_dict().items() if "tokens" in k or k == "shared_kv"
-        )
-        rows.append(
-            {
-                "method": config.method_name,
-                "options": described,
-                "tunable": counts.tunable,
-                "without head": counts.tunable_without_head,
-                "% of backbone": counts.percent,
-                "backbone": counts.backbone,
-            }
-        )
+    for name in names:
+        for method in methods:
+            options: dict[str, Any] = {}
+            if method == "e2vpt":
+                if args.visual_tokens is not None:
+                    options["visual_tokens"] = args.visual_tokens
+                if args.kv_tokens is not None:
+                    options["kv_tokens"] = args.kv_tokens
+            elif method.startswith("vpt") and args.visual_tokens is not None:
+                options["tokens"] = args.visual_tokens
+            config = method_config(method, options)
+            # meta device: no memory and no weights needed, even for ViT-H
+            with torch.device("meta"):
+                backbone = create_backbone(name, pretrained=False)
+            model = wrap(backbone, config, args.num_classes)
+            counts = count_parameters(model)
+            described = ", ".join(
+                f"{k}={v}" for k, v in config.to_dict().items() if "tokens" in k or k == "shared_kv"
+            )
+            row = {"backbone": name} if len(names) > 1 else {}
+            rows.append(
+                row
+                | {
+                    "method": config.method_name,
+                    "options": described,
+                    "tunable": counts.tunable,
+                    "without head": counts.tunable_without_head,
+                    "% of backbone": counts.percent,
+                    "backbone params": counts.backbone,
+                }
+            )
     if args.json:
         print(json.dumps(rows, indent=2))
+    elif args.wide:
+        print(format_table(_wide_info(rows, names, args.num_classes)))
     else:
-        print(f"backbone {name}, {args.num_classes} classes")
+        print(f"backbone {', '.join(names)}, {args.num_classes} classes")
         print(format_table(rows, float_digits=3))
     return 0
+
+
+def _wide_info(rows: list[dict[str, Any]], names: list[str], classes: int) -> list[dict]:
+    """Backbones as rows: what each method adds to the frozen backbone (head apart)."""
+    table = []
+    for name in names:
+        mine = [r for r in rows if r.get("backbone", name) == name]
+        total = mine[0]["backbone params"]
+        heads = {r["tunable"] - r["without head"] for r in mine}
+        row: dict[str, Any] = {"backbone": name, "params": f"{total / 1e6:.1f} M"}
+        for r in mine:
+            row[r["method"]] = f"{r['without head']:,} ({100 * r['without head'] / total:.3f} %)"
+        row[f"head ({classes} classes)"] = f"{max(heads):,}"
+        table.append(row)
+    return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
