@@ -5,9 +5,12 @@ method's config."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
+import io
 import json
+import os
 import re
 import sys
 import types
@@ -356,6 +359,14 @@ def config_from_args(
 
 
 def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    cfg = config_from_args(args, argv)
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 alone reports
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return _train_and_report(cfg)
+    return _train_and_report(cfg)
+
+
+def _train_and_report(cfg: TrainConfig) -> int:
     from e2vpt.training.trainer import (
         linear_probe_search,
         load_task_for,
@@ -363,7 +374,6 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         train,
     )
 
-    cfg = config_from_args(args, argv)
     method_cfg = cfg.build_method_config()
     print(
         f"e2vpt train: {method_cfg.method_name} on {cfg.data} with backbone {cfg.backbone}"

@@ -27,6 +27,7 @@ from e2vpt.data.augment import apply_augment
 from e2vpt.model import PromptedModel, wrap
 from e2vpt.reporting import format_table, write_csv, write_json
 from e2vpt.training.config import TrainConfig
+from e2vpt.training.distributed import Distributed
 from e2vpt.training.optim import build_optimizer, build_scheduler
 
 
@@ -179,10 +180,53 @@ def train(
     metrics.csv (one row per epoch), results.json. Every file is written atomically.
     ``feature_cache`` lets several linear probes of one backbone × task share features.
     ``customize`` changes the freshly initialised model before the optimizer is built
-    (pruning's rewind uses it to train a pruned model from the original init)."""
+    (pruning's rewind uses it to train a pruned model from the original init).
+
+    Under torchrun it trains data-parallel (see :mod:`e2vpt.training.distributed`):
+    ``cfg.batch_size`` is the global batch and only rank 0 writes the run folder."""
     cfg.validate()
     method_cfg = cfg.build_method_config()
-    device = resolve_device(cfg.device)
+    ddp = Distributed.from_env(cfg.device)
+    try:
+        return _train(cfg, method_cfg, ddp, task, save_checkpoint, feature_cache, customize)
+    finally:
+        ddp.close()
+
+
+def sharded_top1(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    precision: str,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None,
+    ddp: Distributed,
+) -> float:
+    """Top-1 over a split; each rank predicts its share and the counts are summed."""
+    if ddp.enabled:
+        part = ddp.shard(torch.arange(len(images)))
+        images, labels = images[part], labels[part]
+    logits = predict(forward, images, device, precision, prepare=prepare)
+    correct = (logits.argmax(-1).cpu() == labels).sum().item()
+    correct, total = ddp.sum([correct, len(labels)], device)
+    return correct / max(total, 1)
+
+
+def _train(
+    cfg: TrainConfig,
+    method_cfg: Any,
+    ddp: Distributed,
+    task: Task | None,
+    save_checkpoint: bool,
+    feature_cache: dict[tuple, dict[str, torch.Tensor]] | None,
+    customize: Callable[[PromptedModel], object] | None,
+) -> RunResult:
+    if ddp.enabled and cfg.batch_size < ddp.world_size:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} is the global batch; it must be at least the "
+            f"number of processes ({ddp.world_size})"
+        )
+    device = ddp.device(resolve_device(cfg.device))
     seed_everything(cfg.seed)
     backbone = create_backbone(cfg.backbone, weights=cfg.weights)
     image_size, normalizer = data_settings(backbone)
@@ -213,8 +257,9 @@ def train(
     model = model.to(device)
     counts = count_parameters(model)
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "train_config.yaml", cfg.to_yaml())
+    if ddp.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "train_config.yaml", cfg.to_yaml())
 
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
     augment = task.augment if cfg.augment == "auto" else cfg.augment
@@ -241,12 +286,19 @@ def train(
 
     optimizer = build_optimizer(trainable, cfg, cfg.resolved_optimizer(), device)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    stepped: nn.Module = trainable
+    if ddp.enabled:
+        stepped = nn.parallel.DistributedDataParallel(
+            trainable,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,  # masks and norms are identical on every rank
+        )
     generator = torch.Generator().manual_seed(cfg.seed)
     metrics: list[dict[str, Any]] = []
     labels = train_split.labels
     bar = tqdm(
         total=cfg.epochs * steps_per_epoch,
-        disable=not cfg.progress,
+        disable=not (cfg.progress and ddp.is_main),
         desc=f"{method_cfg.method_name}",
         unit="step",
         dynamic_ncols=True,
@@ -259,25 +311,32 @@ def train(
         loss_sum = correct = seen = 0.0
         for idx in batches(len(train_split), cfg.batch_size, generator):
             x = inputs[cfg.train_split][idx]
-            if not cached:
+            if not cached:  # the global batch, so every rank's generator stays in step
                 x = apply_augment(augment, x, generator, image_size)
+            y = labels[idx]
+            if ddp.enabled:
+                local = ddp.shard(torch.arange(len(idx)))
+                x, y = x[local], y[local]
             x = x.to(device, non_blocking=True)
-            y = labels[idx].to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
             if prepare is not None:
                 x = prepare(x)
             with autocast(device, cfg.precision):
-                logits = trainable(x)
-            loss = F.cross_entropy(logits.float(), y)
+                logits = stepped(x)
+            local_loss = F.cross_entropy(logits.float(), y, reduction="sum")
+            # DDP averages gradients over ranks: this makes it the global batch mean's
+            loss = local_loss * (ddp.world_size / len(idx))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             update += 1
             scheduler.step_update(update)
-            loss_sum += loss.item() * len(idx)
+            loss_sum += local_loss.item()
             correct += (logits.argmax(-1) == y).sum().item()
-            seen += len(idx)
+            seen += len(y)
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{local_loss.item() / max(len(y), 1):.3f}")
+        loss_sum, correct, seen = ddp.sum([loss_sum, correct, seen], device)
         row: dict[str, Any] = {
             "epoch": epoch + 1,
             "lr": optimizer.param_groups[0]["lr"],
@@ -292,28 +351,41 @@ def train(
             )
         if val_split is not None:
             trainable.eval()
-            val_logits = predict(
-                trainable, inputs[cfg.val_split], device, cfg.precision, prepare=prepare
+            val_acc = sharded_top1(
+                trainable,
+                inputs[cfg.val_split],
+                val_split.labels,
+                device,
+                cfg.precision,
+                prepare,
+                ddp,
             )
-            val_acc = (val_logits.argmax(-1).cpu() == val_split.labels).float().mean().item()
             row["val_top1"] = val_acc
             bar.set_postfix(
                 epoch=epoch + 1, loss=f"{row['train_loss']:.3f}", val=f"{100 * val_acc:.1f}%"
             )
         row["epoch_seconds"] = time.perf_counter() - epoch_start
         metrics.append(row)
-        write_json(out_dir / "metrics.json", metrics)
-        write_csv(out_dir / "metrics.csv", metrics)
+        if ddp.is_main:
+            write_json(out_dir / "metrics.json", metrics)
+            write_csv(out_dir / "metrics.csv", metrics)
     bar.close()
     train_seconds = time.perf_counter() - start
 
     eval_acc = None
     if eval_split is not None:
         trainable.eval()
-        logits = predict(trainable, inputs[cfg.eval_split], device, cfg.precision, prepare=prepare)
-        eval_acc = (logits.argmax(-1).cpu() == eval_split.labels).float().mean().item()
+        eval_acc = sharded_top1(
+            trainable,
+            inputs[cfg.eval_split],
+            eval_split.labels,
+            device,
+            cfg.precision,
+            prepare,
+            ddp,
+        )
     model.cpu()
-    if save_checkpoint:
+    if save_checkpoint and ddp.is_main:
         save(model, out_dir)
     result = RunResult(
         method=method_cfg.method_name,
@@ -329,7 +401,9 @@ def train(
         epochs=cfg.epochs,
         output_dir=str(out_dir),
     )
-    write_json(out_dir / "results.json", {**result.to_dict(), "parameters": counts.to_dict()})
+    if ddp.is_main:
+        write_json(out_dir / "results.json", {**result.to_dict(), "parameters": counts.to_dict()})
+    ddp.barrier()  # the run folder is complete before any rank moves on
     return result
 
 

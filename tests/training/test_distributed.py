@@ -1,0 +1,64 @@
+"""torchrun data parallelism on CPU (gloo): the same run as one process, written once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from e2vpt.cli.main import main
+from tests.conftest import write_vtab_tree
+
+TRAIN = [
+    "train",
+    "--method",
+    "e2vpt",
+    "--visual-tokens",
+    "2",
+    "--kv-tokens",
+    "2",
+    "--visual-dropout",
+    "0",  # dropout masks are drawn per process; without it the runs must agree
+    "--augment",
+    "flip",  # drawn on the global batch, so every rank's generator stays in step
+    "--epochs",
+    "2",
+    "--warmup-epochs",
+    "1",
+    "--batch-size",
+    "10",  # global batch: 5 images per process, last batch of 2 split 1 + 1
+    "--no-progress",
+]
+
+
+def test_two_gloo_processes_train_like_one(tmp_path: Path) -> None:
+    data = tmp_path / "task"
+    write_vtab_tree(data, {"train800": 32, "val200": 12, "test": 14}, num_classes=3)
+    common = [*TRAIN, "--data", f"vtab:{data}", "--device", "cpu"]
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert main([*common, "--output-dir", str(single)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node=2", "-m", "e2vpt", *common, "--output-dir", str(double)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    one, two = load_file(single / "adapter.safetensors"), load_file(double / "adapter.safetensors")
+    assert one.keys() == two.keys() and "visual_prompts.prompts" in one
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+    metrics_one = json.loads((single / "metrics.json").read_text())
+    metrics_two = json.loads((double / "metrics.json").read_text())
+    for a, b in zip(metrics_one, metrics_two, strict=True):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4
+        assert a["train_top1"] == b["train_top1"] and a["val_top1"] == b["val_top1"]
+    results = json.loads((double / "results.json").read_text())
+    assert results["eval_top1"] == json.loads((single / "results.json").read_text())["eval_top1"]
+    # rank 0 alone wrote the run folder, and reported once
+    assert sorted(p.name for p in double.iterdir()) == sorted(p.name for p in single.iterdir())
+    assert done.stdout.count("run folder:") == 1
