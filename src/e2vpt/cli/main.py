@@ -30,6 +30,7 @@ from e2vpt.pruning.importance import SCORE_MODES
 from e2vpt.pruning.search import PruneSettings
 from e2vpt.reporting import format_table, write_json
 from e2vpt.sweeps.protocol import ADAMW_BASE_LRS, SweepError, SweepSettings
+from e2vpt.sweeps.ray_engine import RaySettings
 from e2vpt.training.config import QUICKSTART, TrainConfig
 
 USER_ERRORS = (
@@ -137,6 +138,14 @@ SWEEP_FLAGS = {
     "prune_token_fractions",
     "prune_segment_fractions",
     "prune_score",
+    "engine",
+    "address",
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "max_concurrent_trials",
+    "asha",
+    "asha_grace_period",
+    "asha_reduction_factor",
 }
 
 
@@ -242,6 +251,37 @@ def build_parser() -> argparse.ArgumentParser:
         sweep_defaults.prune_segment_fractions,
     )
     sweep.add_argument("--prune-score", choices=SCORE_MODES, default=sweep_defaults.prune_score)
+    ray_defaults = RaySettings()
+    ray = sweep.add_argument_group("Ray engine (pip install 'e2vpt[ray]')")
+    ray.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default=sweep_defaults.engine,
+        help="local: this process (or --devices workers); ray: Ray Tune trials on a cluster",
+    )
+    ray.add_argument(
+        "--address", help="Ray cluster address (e.g. auto or ray://head:10001); default: local"
+    )
+    ray.add_argument("--cpus-per-trial", type=float, default=ray_defaults.cpus_per_trial)
+    ray.add_argument(
+        "--gpus-per-trial", type=float, help="default: 1 where the cluster has GPUs, else 0"
+    )
+    ray.add_argument("--max-concurrent-trials", type=int, help="default: what resources allow")
+    ray.add_argument(
+        "--asha", action="store_true", help="stop weak grid trials early (ASHA on val top-1)"
+    )
+    ray.add_argument(
+        "--asha-grace-period",
+        type=int,
+        default=ray_defaults.asha_grace_period,
+        help="epochs before a trial can be stopped (default: %(default)s)",
+    )
+    ray.add_argument(
+        "--asha-reduction-factor",
+        type=float,
+        default=ray_defaults.asha_reduction_factor,
+        help="keep the best 1/factor at every rung (default: %(default)s)",
+    )
     _add_train_flags(sweep, skip={"method_config", *SWEEP_OWNED})
 
     report = sub.add_parser(
@@ -421,6 +461,16 @@ def cmd_sweep(args: argparse.Namespace, argv: Sequence[str]) -> int:
         prune_segment_fractions=args.prune_segment_fractions,
         prune_score=args.prune_score,
         progress=cfg.progress,
+        engine=args.engine,
+        ray=RaySettings(
+            address=args.address,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
+            max_concurrent_trials=args.max_concurrent_trials,
+            asha=args.asha,
+            asha_grace_period=args.asha_grace_period,
+            asha_reduction_factor=args.asha_reduction_factor,
+        ),
     )
     print(
         f"e2vpt sweep: {cfg.method} on {cfg.data} with backbone {cfg.backbone} → "

@@ -26,6 +26,7 @@ from e2vpt.data import TRAINVAL, Task
 from e2vpt.methods.base import ConfigError
 from e2vpt.pruning.importance import SCORE_MODES
 from e2vpt.reporting import format_table, write_json
+from e2vpt.sweeps.ray_engine import RayEngine, RaySettings
 from e2vpt.sweeps.runner import Engine, InProcessEngine, ProcessPoolEngine, Trial, finished
 from e2vpt.training.config import TrainConfig
 
@@ -49,6 +50,8 @@ class SweepSettings:
     seeds: list[int] = field(default_factory=lambda: list(SPEC_SEEDS))
     output_dir: str = "runs/sweeps"
     devices: list[str] | None = None  # one worker process per device; None: in-process
+    engine: str = "local"  # local (in-process, or --devices workers) | ray
+    ray: RaySettings = field(default_factory=RaySettings)  # --engine ray only
     task_name: str | None = None  # folder / report name; None: the task's own
     group: str | None = None  # report group; None: the task's own (VTAB group, fgvc, …)
     prune: bool = False  # E²VPT: also the pruned model (search on val, then pruned finals)
@@ -72,6 +75,19 @@ class SweepSettings:
             raise ConfigError("--prune applies to --method e2vpt only")
         if self.prune_score not in SCORE_MODES:
             raise ConfigError(f"--prune-score must be one of {SCORE_MODES}")
+        if self.engine not in ("local", "ray"):
+            raise ConfigError(f"unknown --engine {self.engine!r}; choose local or ray")
+        if self.engine == "ray" and self.devices:
+            raise ConfigError("--devices is for the local engine; Ray places trials itself")
+        if self.ray.asha and self.engine != "ray":
+            raise ConfigError("--asha needs --engine ray")
+        if self.ray.asha and not 1 <= self.ray.asha_grace_period <= cfg.epochs:
+            raise ConfigError(
+                f"--asha-grace-period must be between 1 and --epochs ({cfg.epochs}), "
+                f"got {self.ray.asha_grace_period}"
+            )
+        if self.ray.asha_reduction_factor <= 1:
+            raise ConfigError("--asha-reduction-factor must be > 1")
 
     def grid(self, optimizer: str) -> tuple[list[float], list[float]]:
         lrs = self.base_lrs or (ADAMW_BASE_LRS if optimizer == "adamw" else SPEC_BASE_LRS)
@@ -135,9 +151,13 @@ class Sweep:
         self.root = Path(settings.output_dir) / self.task_name / self.method
         self.optimizer = self.cfg.resolved_optimizer()
         self.lrs, self.wds = settings.grid(self.optimizer)
-        self.engine: Engine = (
-            ProcessPoolEngine(settings.devices) if settings.devices else InProcessEngine(task)
-        )
+        self.engine: Engine | RayEngine
+        if settings.engine == "ray":
+            self.engine = RayEngine(settings.ray, self.root / "ray", self.cfg.epochs)
+        elif settings.devices:
+            self.engine = ProcessPoolEngine(settings.devices)
+        else:
+            self.engine = InProcessEngine(task)
         self.records: dict[str, dict[str, dict[str, Any]]] = {
             "grid": {},
             "final": {},
@@ -278,6 +298,9 @@ class Sweep:
                 "weight_decay": r["extra"]["weight_decay"],
                 "val_top1": r.get("val_top1"),
                 "diverged": r["diverged"],
+                "stopped_early_after": r.get("stopped_after_epochs")
+                if r.get("stopped_early")
+                else None,
                 "train_seconds": r.get("train_seconds"),
             }
             for r in sorted(
@@ -332,10 +355,14 @@ class Sweep:
 def sweep_markdown(summary: dict[str, Any]) -> str:
     grid = [
         {
-            "base lr": t["base_lr"],
-            "weight decay": t["weight_decay"],
+            "base lr": f"{t['base_lr']:g}",
+            "weight decay": f"{t['weight_decay']:g}",
             "val top-1 %": None if t["val_top1"] is None else 100 * t["val_top1"],
-            "note": "diverged" if t["diverged"] else "",
+            "note": "diverged"
+            if t["diverged"]
+            else f"stopped by ASHA after {t['stopped_early_after']} epoch(s)"
+            if t.get("stopped_early_after")
+            else "",
         }
         for t in summary["grid"]["trials"]
     ]

@@ -58,7 +58,12 @@ def finished(trial: Trial) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("key") == trial.key() else None
 
 
-def run_trial(trial: Trial, task: Task | None = None, device: str | None = None) -> dict:
+def run_trial(
+    trial: Trial,
+    task: Task | None = None,
+    device: str | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict:
     """Run one trial and return its record (written to ``trial.json`` last, atomically).
     A diverged run is a result, not a crash: it is recorded and never selected."""
     from e2vpt.pruning.search import prune_fixed
@@ -72,7 +77,7 @@ def run_trial(trial: Trial, task: Task | None = None, device: str | None = None)
             if device is not None:
                 config["device"] = device
             cfg = TrainConfig.from_dict(config)
-            result = train(cfg, task=task, save_checkpoint=trial.save_checkpoint)
+            result = train(cfg, task=task, save_checkpoint=trial.save_checkpoint, on_epoch=on_epoch)
             val, test, seconds = result.val_top1, result.eval_top1, result.train_seconds
         else:
             point = prune_fixed(
@@ -127,14 +132,20 @@ def _init_worker(devices: multiprocessing.Queue) -> None:
         torch.cuda.set_device(torch.device(_worker_device))
 
 
-def _run_in_worker(trial: Trial) -> dict[str, Any]:
+def task_for_worker(config: dict[str, Any]) -> Task:
+    """The trial's task, loaded once per worker process and then shared."""
     from e2vpt.training.trainer import load_task_for
 
-    cfg = TrainConfig.from_dict({**trial.config, "device": _worker_device or "auto"})
+    cfg = TrainConfig.from_dict(config)
     cache_key = json.dumps([cfg.data, cfg.data_seed, cfg.backbone, cfg.weights])
     if cache_key not in _worker_tasks:
-        _worker_tasks[cache_key] = load_task_for(cfg)  # once per worker, then shared
-    return run_trial(trial, task=_worker_tasks[cache_key], device=_worker_device)
+        _worker_tasks[cache_key] = load_task_for(cfg)
+    return _worker_tasks[cache_key]
+
+
+def _run_in_worker(trial: Trial) -> dict[str, Any]:
+    task = task_for_worker({**trial.config, "device": _worker_device or "auto"})
+    return run_trial(trial, task=task, device=_worker_device)
 
 
 class ProcessPoolEngine:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import random
 import time
@@ -173,6 +174,7 @@ def train(
     save_checkpoint: bool = True,
     feature_cache: dict[tuple, dict[str, torch.Tensor]] | None = None,
     customize: Callable[[PromptedModel], object] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Train one method on one task and write the run folder.
 
@@ -181,6 +183,8 @@ def train(
     ``feature_cache`` lets several linear probes of one backbone × task share features.
     ``customize`` changes the freshly initialised model before the optimizer is built
     (pruning's rewind uses it to train a pruned model from the original init).
+    ``on_epoch`` sees every epoch's metrics row (a Ray Tune trial reports them, so ASHA
+    can stop it).
 
     Under torchrun it trains data-parallel (see :mod:`e2vpt.training.distributed`):
     ``cfg.batch_size`` is the global batch and only rank 0 writes the run folder."""
@@ -188,7 +192,9 @@ def train(
     method_cfg = cfg.build_method_config()
     ddp = Distributed.from_env(cfg.device)
     try:
-        return _train(cfg, method_cfg, ddp, task, save_checkpoint, feature_cache, customize)
+        return _train(
+            cfg, method_cfg, ddp, task, save_checkpoint, feature_cache, customize, on_epoch
+        )
     finally:
         ddp.close()
 
@@ -220,6 +226,7 @@ def _train(
     save_checkpoint: bool,
     feature_cache: dict[tuple, dict[str, torch.Tensor]] | None,
     customize: Callable[[PromptedModel], object] | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
 ) -> RunResult:
     if ddp.enabled and cfg.batch_size < ddp.world_size:
         raise ValueError(
@@ -288,10 +295,15 @@ def _train(
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     stepped: nn.Module = trainable
     if ddp.enabled:
-        stepped = nn.parallel.DistributedDataParallel(
-            trainable,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,  # masks and norms are identical on every rank
+        ddp_class = nn.parallel.DistributedDataParallel
+        # masks and norms are identical on every rank: no buffer sync on every forward
+        sync = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(ddp_class).parameters
+            else {"broadcast_buffers": False}
+        )
+        stepped = ddp_class(
+            trainable, device_ids=[device.index] if device.type == "cuda" else None, **sync
         )
     generator = torch.Generator().manual_seed(cfg.seed)
     metrics: list[dict[str, Any]] = []
@@ -369,6 +381,8 @@ def _train(
         if ddp.is_main:
             write_json(out_dir / "metrics.json", metrics)
             write_csv(out_dir / "metrics.csv", metrics)
+        if on_epoch is not None:
+            on_epoch(row)
     bar.close()
     train_seconds = time.perf_counter() - start
 
