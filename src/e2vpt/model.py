@@ -11,7 +11,12 @@ from torch import nn
 
 from e2vpt.layers.kv_attention import add_kv_prompts
 from e2vpt.layers.prompts import VisualPrompts
-from e2vpt.layers.swin_prompts import StagePrompts, prompt_attention_of, prompted_block_forward
+from e2vpt.layers.swin_prompts import (
+    PromptedWindowAttention,
+    StagePrompts,
+    prompt_attention_of,
+    prompted_block_forward,
+)
 from e2vpt.methods.base import ConfigError, MethodConfig, get_method
 
 
@@ -282,8 +287,6 @@ class PromptedSwin(PromptedModel):
                 prompt_attention_of(block)
 
     def add_kv_prompts(self, tokens: int, shared: bool) -> None:
-        from e2vpt.layers.swin_prompts import PromptedWindowAttention
-
         for stage in self.backbone.layers:
             for block in stage.blocks:
                 base = prompt_attention_of(block).base

@@ -196,4 +196,4 @@ def looks_like_mae(name: str, weights: str | Path | None) -> bool:
     """MAE checkpoints are plain ViT state dicts: only the name tells them apart."""
     tag = name.split(".", 1)[1] if "." in name else ""
     file_name = Path(weights).name.lower() if weights is not None else ""
-    return "mae" in tag.split("_") or tag == "mae" or file_name.startswith("mae_")
+    return "mae" in tag.split("_") or file_name.startswith("mae_")

@@ -125,11 +125,7 @@ class RayEngine:
                 verbose=0,
             ),
         )
-        grid = tuner.fit()
-        outcome = {}
-        for result in grid:
-            label = result.config["trial"]["label"]
-            outcome[label] = result
+        outcome = {result.config["trial"]["label"]: result for result in tuner.fit()}
         errors = []
         for trial in trials:
             record = finished(trial)

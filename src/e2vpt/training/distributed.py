@@ -58,9 +58,9 @@ class Distributed:
             return torch.device("cuda", self.local_rank)
         return requested
 
-    def shard(self, indices: torch.Tensor) -> torch.Tensor:
-        """This rank's part of a global batch (or of an evaluation set)."""
-        return indices[self.rank :: self.world_size] if self.enabled else indices
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a global batch (or of an evaluation set): a strided view."""
+        return batch[self.rank :: self.world_size] if self.enabled else batch
 
     def sum(self, values: list[float], device: torch.device) -> list[float]:
         """Sums over ranks (float64, so counts stay exact)."""

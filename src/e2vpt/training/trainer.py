@@ -209,9 +209,7 @@ def sharded_top1(
     ddp: Distributed,
 ) -> float:
     """Top-1 over a split; each rank predicts its share and the counts are summed."""
-    if ddp.enabled:
-        part = ddp.shard(torch.arange(len(images)))
-        images, labels = images[part], labels[part]
+    images, labels = ddp.shard(images), ddp.shard(labels)
     logits = predict(forward, images, device, precision, prepare=prepare)
     correct = (logits.argmax(-1).cpu() == labels).sum().item()
     correct, total = ddp.sum([correct, len(labels)], device)
@@ -325,10 +323,7 @@ def _train(
             x = inputs[cfg.train_split][idx]
             if not cached:  # the global batch, so every rank's generator stays in step
                 x = apply_augment(augment, x, generator, image_size)
-            y = labels[idx]
-            if ddp.enabled:
-                local = ddp.shard(torch.arange(len(idx)))
-                x, y = x[local], y[local]
+            x, y = ddp.shard(x), ddp.shard(labels[idx])
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             if prepare is not None:
