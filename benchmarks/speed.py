@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -42,7 +44,18 @@ ROWS: list[tuple[str, str | None, dict[str, Any]]] = [
     ("e2vpt", "e2vpt", {"visual_tokens": 10, "kv_tokens": 5}),
     ("e2vpt p=50 pruned→25", "e2vpt", {"visual_tokens": 50, "kv_tokens": 5, "prune_to": 25}),
     ("e2vpt p=25 built", "e2vpt", {"visual_tokens": 25, "kv_tokens": 5}),
+    # what the class-token last block buys: the same model computing every token there
+    ("e2vpt, every token in last block", "e2vpt", {"visual_tokens": 10, "kv_tokens": 5}),
 ]
+# opt-in rows (--levers): each lever's effect on the e2vpt row
+LEVER_ROWS: list[tuple[str, str | None, dict[str, Any]]] = [
+    ("e2vpt + grad checkpointing", "e2vpt", {"visual_tokens": 10, "kv_tokens": 5}),
+    ("e2vpt + torch.compile", "e2vpt", {"visual_tokens": 10, "kv_tokens": 5}),
+]
+# glibc malloc: keep freed memory instead of returning it to the OS, so every step after
+# warm-up reuses pages instead of faulting fresh ones in (measured: this is what made
+# the same work differ by up to 20 % between row processes)
+STEADY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**25), "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 
 
 def _sync(device: torch.device) -> None:
@@ -92,7 +105,13 @@ def measure_row(spec: dict[str, Any]) -> dict[str, Any]:
             prompts = model.visual_prompts
             kept = torch.linspace(0, prompts.tokens - 1, prune_to).round().long()
             prompts.prune(kept, torch.ones(prune_to, prompts.mask_segments))
+        if row == "e2vpt, every token in last block":
+            model.class_token_shortcut = False
+        if row == "e2vpt + grad checkpointing":
+            model.grad_checkpointing = True
     model.to(device)
+    if row == "e2vpt + torch.compile":
+        model.compile()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -152,24 +171,35 @@ def measure_row(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_row(spec: dict[str, Any]) -> dict[str, Any]:
+def run_row(spec: dict[str, Any], steady_alloc: bool) -> dict[str, Any]:
+    env = {**os.environ, **(STEADY_ENV if steady_alloc else {})}
     done = subprocess.run(
         [sys.executable, __file__, "--row", json.dumps(spec)],
-        check=True,
         capture_output=True,
         text=True,
+        env=env,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"row {spec['row']!r} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def median_row(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per measure, the median over rounds."""
+    """Per measure, the median over rounds, and the spread (max/min − 1) for the times."""
     out = dict(samples[0])
     for key in ("train_step_ms", "train_img_s", "infer_img_s", "peak_mib"):
         values = [s[key] for s in samples if s[key] is not None]
         out[key] = statistics.median(values) if values else None
+        out[f"{key}_all"] = values
+    for key in ("train_step_ms", "infer_img_s"):
+        values = out[f"{key}_all"]
+        out[f"{key}_spread"] = max(values) / min(values) - 1 if values else None
     out["rounds"] = len(samples)
     return out
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.0f} %"
 
 
 def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -184,11 +214,13 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         cells = {
             "row": r["row"],
             "train step ms": step,
+            "spread": _percent(r["train_step_ms_spread"]),
             "train img/s": r["train_img_s"],
             "× full step": None if step is None else step / full,
             "× floor": None if step is None else step / floor,
             "infer img/s": r["infer_img_s"],
             "infer time × frozen fwd": frozen / r["infer_img_s"],
+            "infer spread": _percent(r["infer_img_s_spread"]),
             "peak MiB": r["peak_mib"],
         }
         if r["row"] == "e2vpt p=50 pruned→25":
@@ -209,6 +241,17 @@ def main() -> None:
         "--warmup", type=int, default=5, help="untimed steps first (allocator, kernels)"
     )
     parser.add_argument(
+        "--levers",
+        action="store_true",
+        help="also the e2vpt row with gradient checkpointing and with torch.compile",
+    )
+    parser.add_argument(
+        "--no-steady-alloc",
+        action="store_true",
+        help="leave glibc malloc at its defaults (to see what the allocator setting does)",
+    )
+    parser.add_argument("--tag", default="", help="suffix of the results files' names")
+    parser.add_argument(
         "--rounds",
         type=int,
         default=3,
@@ -225,12 +268,14 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     markdown = []
     jobs = [(b, n) for b in args.backbones for n in args.batch_sizes]
-    bar = tqdm(total=len(jobs) * len(ROWS) * args.rounds, desc="speed", unit="row")
+    row_specs = ROWS + (LEVER_ROWS if args.levers else [])
+    machine = describe_machine(args.device, not args.no_steady_alloc)
+    bar = tqdm(total=len(jobs) * len(row_specs) * args.rounds, desc="speed", unit="row")
     for backbone, batch in jobs:
         rounds: list[list[dict[str, Any]]] = []
         for _ in range(args.rounds):  # interleaved, so drifts of the machine hit every row
             measured = []
-            for row, method, options in ROWS:
+            for row, method, options in row_specs:
                 spec = dict(
                     backbone=backbone,
                     batch=batch,
@@ -242,23 +287,55 @@ def main() -> None:
                     steps=args.steps,
                     warmup=args.warmup,
                 )
-                measured.append(run_row(spec))
+                measured.append(run_row(spec, steady_alloc=not args.no_steady_alloc))
                 bar.update(1)
             rounds.append(measured)
-        rows = [median_row([r[i] for r in rounds]) for i in range(len(ROWS))]
+        rows = [median_row([r[i] for r in rounds]) for i in range(len(row_specs))]
         results += rows
         title = (
             f"### {backbone}, batch {batch}, {args.device}, {args.precision}, "
             f"median of {args.rounds} rounds × {args.steps} steps"
         )
-        markdown.append(f"{title}\n\n{format_table(with_ratios(rows), float_digits=2)}\n")
+        by_name = {r["row"]: r for r in rows}
+        same_work = by_name["frozen forward"]["infer_img_s"] / by_name["floor"]["infer_img_s"]
+        check = (
+            f"Noise check: the floor row's inference is the frozen forward's work in "
+            f"another process; its time ratio here is {same_work:.3f}."
+        )
+        table = format_table(with_ratios(rows), float_digits=2)
+        markdown.append(f"{title}\n\n{machine}\n\n{table}\n\n{check}\n")
     bar.close()
     text = "\n".join(markdown)
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    stem = f"speed_{args.device.split(':')[0]}_{'_'.join(args.backbones)}"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(text)
+    stem = f"speed_{args.device.split(':')[0]}_{'_'.join(args.backbones)}{args.tag}"
+    payload = {"machine": machine, "settings": vars(args), "rows": results}
+    write_atomic(RESULTS / f"{stem}.json", json.dumps(payload, indent=2) + "\n")
+    write_atomic(RESULTS / f"{stem}.md", text)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def describe_machine(device: str, steady_alloc: bool) -> str:
+    if device.startswith("cuda"):
+        where = torch.cuda.get_device_name(torch.device(device))
+    else:
+        model = ""
+        cpuinfo = Path("/proc/cpuinfo")
+        if cpuinfo.exists():
+            names = [
+                ln.split(":", 1)[1].strip()
+                for ln in cpuinfo.read_text().splitlines()
+                if ln.startswith("model name")
+            ]
+            model = names[0] if names else ""
+        where = f"{os.cpu_count()} × {model or platform.processor() or 'CPU'}"
+        where += ", glibc malloc " + ("kept (steady)" if steady_alloc else "defaults")
+    return f"Machine: {where}; torch {torch.__version__}."
 
 
 if __name__ == "__main__":

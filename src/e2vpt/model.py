@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from e2vpt.layers.class_token_block import class_token_block_forward, supports_class_token_block
 from e2vpt.layers.kv_attention import add_kv_prompts
 from e2vpt.layers.prompts import VisualPrompts
 from e2vpt.layers.swin_prompts import (
@@ -103,6 +105,13 @@ class PromptedModel(nn.Module):
         self.frozen_backbone = True
         self.method_config: MethodConfig | None = None
         self.global_pool = ""
+        # recompute each block's activations in the backward instead of storing them
+        self.grad_checkpointing = False
+
+    def _run_block(self, fn: Any, *args: Any) -> Any:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
     def _make_head(self, width: int) -> None:
         self.head = nn.Linear(width, self.num_classes)
@@ -172,6 +181,9 @@ class PromptedViT(PromptedModel):
         self.embed_dim = int(backbone.embed_dim)
         self.num_blocks = len(backbone.blocks)
         self.num_prefix_tokens = int(backbone.num_prefix_tokens)
+        # class-token pooling: the last block computes only the class token's output
+        # (layers/class_token_block.py); off = every token, as a plain timm forward
+        self.class_token_shortcut = True
         self._make_head(self.embed_dim)
 
     @staticmethod
@@ -230,19 +242,33 @@ class PromptedViT(PromptedModel):
         rest = x[:, npt:] if layer == 0 else x[:, npt + prompts.tokens :]
         return torch.cat([x[:, :npt], new, rest], dim=1)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, pooled_only: bool = False) -> torch.Tensor:
+        """Every token's features; with ``pooled_only`` (and class-token pooling) only
+        what the head reads: the class token, as (B, 1, D)."""
         bb = self.backbone
         x = bb.patch_embed(x)
         x = bb._pos_embed(x)
         x = bb.patch_drop(x)
         x = bb.norm_pre(x)
+        last = len(bb.blocks) - 1
         for index, block in enumerate(bb.blocks):
             x = self._insert_prompts(x, index)
-            x = block(x)
+            if index == last and pooled_only and self._class_token_only(block):
+                x = self._run_block(class_token_block_forward, block, x)
+            else:
+                x = self._run_block(block, x)
         return bb.norm(x)
 
+    def _class_token_only(self, block: nn.Module) -> bool:
+        return (
+            self.class_token_shortcut
+            and self.global_pool == "token"
+            and supports_class_token_block(block)
+        )
+
     def forward_pre_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_head(self.forward_features(x), pre_logits=True)
+        features = self.forward_features(x, pooled_only=True)
+        return self.backbone.forward_head(features, pre_logits=True)
 
 
 class PromptedSwin(PromptedModel):
@@ -304,9 +330,9 @@ class PromptedSwin(PromptedModel):
                     fresh = self.stage_prompts.at(s, b, x.shape[0])
                     prompts = fresh.to(x.dtype) if fresh is not None else prompts
                 if prompts is None:
-                    x = block(x)
+                    x = self._run_block(block, x)
                 else:
-                    x, prompts = prompted_block_forward(block, x, prompts)
+                    x, prompts = self._run_block(prompted_block_forward, block, x, prompts)
         x = bb.norm(x)
         return x, (bb.norm(prompts) if prompts is not None else None)
 

@@ -68,7 +68,8 @@ def test_pruned_tokens_leave_the_sequence_of_every_block(images: torch.Tensor) -
     model = trained_e2vpt()
     seen: list[int] = []
     for block in model.backbone.blocks:
-        block.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+        # norm1 sees the whole sequence, also in the class-token-only last block
+        block.norm1.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
     logits(model, images)
     patches = (32 // 8) ** 2
     assert seen == [1 + TOKENS + patches] * 3
@@ -135,11 +136,12 @@ def test_importance_scores_equal_a_direct_autograd_computation() -> None:
     abs_g, abs_m, signed_g, signed_m = reference_importance(model, x, y, batch_size=4)
     scores = importance_scores(model, x, y, batch_size=4, mode="abs")
     assert scores.batches == 3 and scores.images == 10
-    torch.testing.assert_close(scores.token, abs_g.double(), rtol=1e-5, atol=1e-8)
-    torch.testing.assert_close(scores.segment, abs_m.double(), rtol=1e-5, atol=1e-8)
+    # atol: float32 gradients of an O(1) loss; the smallest scores here are ~1e-6
+    torch.testing.assert_close(scores.token, abs_g.double(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(scores.segment, abs_m.double(), rtol=1e-5, atol=1e-7)
     signed = importance_scores(model, x, y, batch_size=4, mode="signed")
-    torch.testing.assert_close(signed.token, signed_g.double(), rtol=1e-5, atol=1e-8)
-    torch.testing.assert_close(signed.segment, signed_m.double(), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(signed.token, signed_g.double(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(signed.segment, signed_m.double(), rtol=1e-5, atol=1e-7)
     # scoring leaves the model as it was: masks off, nothing requiring grad, no .grad
     prompts = model.visual_prompts
     assert not prompts.masks_active and not prompts.token_mask.requires_grad

@@ -139,3 +139,28 @@ def test_fgvc_images_train_on_random_crops_and_evaluate_on_centre_crops(tmp_path
     assert result.num_classes == 196 and result.eval_top1 is not None
     saved = TrainConfig.from_yaml(tmp_path / "run" / "train_config.yaml")
     assert saved.augment == "auto"  # resolved per task: FGVC's random-crop-flip
+
+
+@pytest.mark.parametrize("flag", ["grad_checkpointing", "compile"])
+def test_speed_flags_train_the_same_model(
+    flag: str, tmp_path: Path, small_task: Task, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--grad-checkpointing and --compile change how the step runs, not what it computes."""
+    import e2vpt.training.trainer as trainer
+
+    compiled: list[torch.nn.Module] = []
+    real_compile = torch.nn.Module.compile
+
+    def recording_compile(self: torch.nn.Module, **options: object) -> None:
+        compiled.append(self)
+        real_compile(self, **options)
+
+    monkeypatch.setattr(trainer, "COMPILE_OPTIONS", {"backend": "eager"})  # no C++ build
+    monkeypatch.setattr(torch.nn.Module, "compile", recording_compile)
+    options = {"method": "e2vpt", "method_config": {"visual_tokens": 2, "kv_tokens": 1}}
+    _, plain = run(tmp_path / "plain", small_task, **options)
+    _, flagged = run(tmp_path / "flagged", small_task, **options, **{flag: True})
+    assert len(compiled) == (flag == "compile")
+    for a, b in zip(plain, flagged, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["val_top1"] == pytest.approx(a["val_top1"], abs=1e-9)

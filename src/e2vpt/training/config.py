@@ -75,6 +75,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     cache_features: bool = True  # linear probing: run the frozen backbone once per image
+    grad_checkpointing: bool = False  # recompute activations in the backward: less memory
+    compile: bool = False  # torch.compile the model: slow first steps, pays on long GPU runs
     compare_linear: bool = False  # also train a linear probe and show both
     progress: bool = True
 

@@ -63,6 +63,10 @@ class RunResult:
         }
 
 
+# torch.compile's options for `--compile` (tests swap in a fast backend)
+COMPILE_OPTIONS: dict[str, Any] = {}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -260,6 +264,9 @@ def _train(
     if customize is not None:
         customize(model)
     model = model.to(device)
+    model.grad_checkpointing = cfg.grad_checkpointing
+    if cfg.compile:
+        model.compile(**COMPILE_OPTIONS)  # in place: parameter names (checkpoints) unchanged
     counts = count_parameters(model)
     out_dir = Path(cfg.output_dir)
     if ddp.is_main:

@@ -1,0 +1,71 @@
+"""The last ViT block, computed only where the head looks.
+
+With class-token pooling the head reads one token of the last block's output, yet a
+plain forward runs that block's query, attention output, projection and MLP for every
+token — about 10/12 of a block's work (1/14 of ViT-B/16) wasted in the forward *and* the
+backward. Keys and values still need every token (the class token attends to them all),
+so this computes ``qkv``'s key/value rows for all tokens and everything else for the
+class token alone. The result equals ``block(x)[:, :1]`` up to float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from e2vpt.layers.kv_attention import KVPromptAttention
+
+
+def supports_class_token_block(block: nn.Module) -> bool:
+    """True for timm's standard pre-norm ``Block`` with a fused ``qkv`` attention (with or
+    without key-value prompts); other block types run in full."""
+    if type(block) is not Block:
+        return False
+    attn = block.attn
+    base = attn.base if isinstance(attn, KVPromptAttention) else attn
+    return type(base) is Attention and isinstance(getattr(base, "qkv", None), nn.Linear)
+
+
+def _class_token_attention(attn: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Attention output of token 0 over all of ``h`` (plus any key-value prompts)."""
+    kv_prompts = attn if isinstance(attn, KVPromptAttention) else None
+    base: Attention = attn.base if kv_prompts is not None else attn
+    B, N, C = h.shape
+    heads, head_dim = base.num_heads, base.head_dim
+    width = heads * head_dim
+    weight, bias = base.qkv.weight, base.qkv.bias
+    query_in = h[:, :1]
+    q = F.linear(query_in, weight[:width], None if bias is None else bias[:width])
+    kv = F.linear(h, weight[width:], None if bias is None else bias[width:])
+    q = q.reshape(B, 1, heads, head_dim).transpose(1, 2)
+    k, v = kv.reshape(B, N, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = base.q_norm(q), base.k_norm(k)
+    if kv_prompts is not None and kv_prompts.tokens > 0:
+        key_prompt = kv_prompts.key_prompt
+        value_src = key_prompt if kv_prompts.value_prompt is None else kv_prompts.value_prompt
+        k = torch.cat([k, key_prompt.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1)], dim=2)
+        v = torch.cat([v, value_src.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1)], dim=2)
+    out = F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        dropout_p=base.attn_drop.p if base.training else 0.0,
+        scale=getattr(base, "scale", 1.0 / math.sqrt(head_dim)),
+    )
+    out = base.norm(out.transpose(1, 2).reshape(B, 1, width))
+    gate = getattr(base, "gate", None)
+    if gate is not None:
+        out = out * gate(query_in).sigmoid()
+    return base.proj_drop(base.proj(out))
+
+
+def class_token_block_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)[:, :1]`` without computing the other tokens' outputs: (B, 1, D)."""
+    h = block.norm1(x)
+    cls = x[:, :1] + block.drop_path1(block.ls1(_class_token_attention(block.attn, h)))
+    return cls + block.drop_path2(block.ls2(block.mlp(block.norm2(cls))))
