@@ -226,17 +226,22 @@ def measure_interleaved(specs: list[dict[str, Any]], rounds: int) -> list[list[d
     return out
 
 
-def run_row(spec: dict[str, Any], steady_alloc: bool) -> dict[str, Any]:
+def _child(flag: str, payload: Any, what: str, steady_alloc: bool) -> Any:
+    """Run this script with ``flag payload`` in a fresh process; its last stdout line."""
     env = {**os.environ, **(STEADY_ENV if steady_alloc else {})}
     done = subprocess.run(
-        [sys.executable, __file__, "--row", json.dumps(spec)],
+        [sys.executable, __file__, flag, json.dumps(payload)],
         capture_output=True,
         text=True,
         env=env,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"row {spec['row']!r} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_row(spec: dict[str, Any], steady_alloc: bool) -> dict[str, Any]:
+    return _child("--row", spec, f"row {spec['row']!r}", steady_alloc)
 
 
 def median_row(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -259,17 +264,8 @@ def median_row(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_interleaved(specs: list[dict[str, Any]], rounds: int, steady_alloc: bool) -> list:
-    env = {**os.environ, **(STEADY_ENV if steady_alloc else {})}
-    payload = json.dumps({"specs": specs, "rounds": rounds})
-    done = subprocess.run(
-        [sys.executable, __file__, "--interleaved", payload],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"interleaved timing failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    job = {"specs": specs, "rounds": rounds}
+    return _child("--interleaved", job, "interleaved timing", steady_alloc)
 
 
 def _percent(value: float | None) -> str:
