@@ -15,7 +15,6 @@ Prints a Markdown table; writes benchmarks/results/linear_cache_<device>.{json,m
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -24,8 +23,9 @@ from typing import Any
 
 import torch
 
+from e2vpt.checkpoint import atomic_write_text
 from e2vpt.model import PromptedModel
-from e2vpt.reporting import format_table
+from e2vpt.reporting import format_table, write_json
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.trainer import train
 
@@ -87,11 +87,9 @@ def main() -> None:
     text = f"{title}\n\n{format_table(rows, float_digits=2)}\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"linear_cache_{args.device.split(':')[0]}"
-    for suffix, content in ((".json", json.dumps(rows, indent=2) + "\n"), (".md", text)):
-        tmp_path = stem.with_suffix(suffix + ".tmp")
-        tmp_path.write_text(content)
-        tmp_path.replace(stem.with_suffix(suffix))
+    stem = f"linear_cache_{args.device.split(':')[0]}"
+    write_json(RESULTS / f"{stem}.json", rows)
+    atomic_write_text(RESULTS / f"{stem}.md", text)
 
 
 if __name__ == "__main__":

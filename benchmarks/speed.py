@@ -69,19 +69,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_seconds(fn: Any, steps: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def build_row(spec: dict[str, Any]) -> tuple[Callable[[], None] | None, Callable[[], None]]:
     """The row's model, as (train step or None, inference pass) closures."""
     import timm
@@ -167,6 +154,26 @@ def _timed(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def _median_seconds(fn: Callable[[], None], steps: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    return statistics.median(_timed(fn, device) for _ in range(steps))
+
+
+def _record(
+    spec: dict[str, Any], train_s: float | None, infer_s: float, peak_mib: float | None
+) -> dict[str, Any]:
+    """One measurement of one row, as the table and the JSON carry it."""
+    batch = spec["batch"]
+    return {
+        **{k: spec[k] for k in ("backbone", "batch", "row")},
+        "train_step_ms": None if train_s is None else 1000 * train_s,
+        "train_img_s": None if train_s is None else batch / train_s,
+        "infer_img_s": batch / infer_s,
+        "peak_mib": peak_mib,
+    }
+
+
 def peak_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
@@ -184,14 +191,7 @@ def measure_row(spec: dict[str, Any]) -> dict[str, Any]:
     if step is not None:
         train_seconds = _median_seconds(step, spec["steps"], spec["warmup"], device)
     infer_seconds = _median_seconds(infer, spec["steps"], spec["warmup"], device)
-    batch = spec["batch"]
-    return {
-        **{k: spec[k] for k in ("backbone", "batch", "row")},
-        "train_step_ms": None if train_seconds is None else 1000 * train_seconds,
-        "train_img_s": None if train_seconds is None else batch / train_seconds,
-        "infer_img_s": batch / infer_seconds,
-        "peak_mib": peak_bytes(device) / 2**20,
-    }
+    return _record(spec, train_seconds, infer_seconds, peak_bytes(device) / 2**20)
 
 
 def measure_interleaved(specs: list[dict[str, Any]], rounds: int) -> list[list[dict[str, Any]]]:
@@ -213,15 +213,7 @@ def measure_interleaved(specs: list[dict[str, Any]], rounds: int) -> list[list[d
         for i in order:
             step, infer = built[i]
             train_s = None if step is None else _timed(step, device)
-            infer_s = _timed(infer, device)
-            batch = specs[i]["batch"]
-            measured[i] = {
-                **{k: specs[i][k] for k in ("backbone", "batch", "row")},
-                "train_step_ms": None if train_s is None else 1000 * train_s,
-                "train_img_s": None if train_s is None else batch / train_s,
-                "infer_img_s": batch / infer_s,
-                "peak_mib": None,
-            }
+            measured[i] = _record(specs[i], train_s, _timed(infer, device), None)
         out.append([m for m in measured if m is not None])
     return out
 
@@ -361,7 +353,8 @@ def main() -> None:
         return
     from tqdm.auto import tqdm
 
-    from e2vpt.reporting import format_table
+    from e2vpt.checkpoint import atomic_write_text
+    from e2vpt.reporting import format_table, write_json
 
     results: list[dict[str, Any]] = []
     markdown = []
@@ -439,14 +432,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     stem = f"speed_{args.device.split(':')[0]}_{'_'.join(args.backbones)}{args.tag}"
     payload = {"machine": machine, "settings": vars(args), "rows": results}
-    write_atomic(RESULTS / f"{stem}.json", json.dumps(payload, indent=2) + "\n")
-    write_atomic(RESULTS / f"{stem}.md", text)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_json(RESULTS / f"{stem}.json", payload)
+    atomic_write_text(RESULTS / f"{stem}.md", text)
 
 
 def describe_machine(device: str, steady_alloc: bool) -> str:

@@ -45,11 +45,8 @@ def _class_token_attention(attn: nn.Module, h: torch.Tensor) -> torch.Tensor:
     q = q.reshape(B, 1, heads, head_dim).transpose(1, 2)
     k, v = kv.reshape(B, N, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = base.q_norm(q), base.k_norm(k)
-    if kv_prompts is not None and kv_prompts.tokens > 0:
-        key_prompt = kv_prompts.key_prompt
-        value_src = key_prompt if kv_prompts.value_prompt is None else kv_prompts.value_prompt
-        k = torch.cat([k, key_prompt.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1)], dim=2)
-        v = torch.cat([v, value_src.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1)], dim=2)
+    if kv_prompts is not None:
+        k, v = kv_prompts.extend_keys_values(k, v)
     out = F.scaled_dot_product_attention(
         q,
         k,

@@ -40,6 +40,16 @@ class KVPromptAttention(nn.Module):
         if not shared:
             self.value_prompt = nn.Parameter(init_kv_prompt(*shape_args))
 
+    def extend_keys_values(
+        self, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, heads, N, head_dim) keys and values with the prompts appended: N + tokens."""
+        batch = k.shape[0]
+        value_src = self.key_prompt if self.value_prompt is None else self.value_prompt
+        key_prompt = self.key_prompt.to(k.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+        value_prompt = value_src.to(v.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+        return torch.cat([k, key_prompt], dim=2), torch.cat([v, value_prompt], dim=2)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -54,11 +64,7 @@ class KVPromptAttention(nn.Module):
         qkv = base.qkv(x).reshape(B, N, 3, base.num_heads, base.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = base.q_norm(q), base.k_norm(k)
-        key_prompt = self.key_prompt.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1)
-        value_src = self.key_prompt if self.value_prompt is None else self.value_prompt
-        value_prompt = value_src.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1)
-        k = torch.cat([k, key_prompt], dim=2)
-        v = torch.cat([v, value_prompt], dim=2)
+        k, v = self.extend_keys_values(k, v)
         if attn_mask is not None:
             # the prompt keys are visible to every query
             pad_value: bool | float = True if attn_mask.dtype == torch.bool else 0.0
