@@ -136,6 +136,24 @@ def test_a_killed_sweep_resumes_without_redoing_trials(
     calls.clear()
     run_sweep(linear_cfg(), SweepSettings(**{**settings.__dict__, "seeds": [1, 2, 3]}), task)
     assert [Path(c).name for c in calls] == ["seed3"]
+    # speed levers compute the same trial: a resumed sweep that turns them on redoes nothing
+    calls.clear()
+    levers = {"grad_checkpointing": True, "compile": True}
+    three_seeds = SweepSettings(**{**settings.__dict__, "seeds": [1, 2, 3]})
+    run_sweep(linear_cfg(**levers), three_seeds, task)
+    assert calls == []
+
+
+def test_trials_written_before_a_speed_lever_existed_are_reused(tmp_path: Path) -> None:
+    config = {**TrainConfig().to_dict(), "output_dir": str(tmp_path)}
+    trial = runner.Trial(kind="grid", label="lr1_wd0", run_dir=str(tmp_path), config=config)
+    older = {k: v for k, v in config.items() if k not in ("grad_checkpointing", "compile")}
+    old_trial = runner.Trial(kind="grid", label="lr1_wd0", run_dir=str(tmp_path), config=older)
+    (tmp_path / runner.TRIAL_FILE).write_text(json.dumps({"key": old_trial.key(), "val_top1": 0.5}))
+    assert runner.finished(trial) == {"key": old_trial.key(), "val_top1": 0.5}
+    # what the trial computes still counts
+    other = runner.Trial(**{**trial.to_dict(), "config": {**config, "base_lr": 2.0}})
+    assert runner.finished(other) is None
 
 
 def test_pruned_e2vpt_finals_use_the_fractions_chosen_on_val(tmp_path: Path, task: Task) -> None:

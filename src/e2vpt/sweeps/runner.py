@@ -21,8 +21,10 @@ from e2vpt.reporting import write_json
 from e2vpt.training.config import TrainConfig
 
 TRIAL_FILE = "trial.json"
-# fields that change where or how visibly a trial runs, not what it computes
-_NOT_IN_KEY = ("progress", "device", "output_dir")
+# fields that change where, how fast or how visibly a trial runs, not what it computes
+# (checkpointing and compile are tested to give the same losses). Keeping them out also
+# means trials finished before such a lever existed are still recognised as finished.
+_NOT_IN_KEY = ("progress", "device", "output_dir", "grad_checkpointing", "compile")
 
 
 @dataclass
