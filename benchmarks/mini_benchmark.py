@@ -215,7 +215,7 @@ def main() -> int:
                 )
     from e2vpt.sweeps.report import build_report, write_report
 
-    report = build_report(sweeps_dir)
+    report = build_report(sweeps_dir, expected_tasks={t: TASKS[t] for t in args.tasks})
     write_report(report, args.results, name="mini_benchmark")
     print(report.markdown())
     return 0

@@ -103,3 +103,23 @@ def test_report_cli(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "no finished sweep" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_expected_tasks_hold_back_group_means_until_every_task_is_in(runs: Path) -> None:
+    expected = {"n1": "natural", "n2": "natural", "n3": "natural"}  # n3 not run yet
+    a = build_report(runs, expected_tasks=expected).rows[0]
+    assert a["n3"] is None and a["natural mean"] is None and a[HEADLINE] is None
+    assert a["specialized mean"] == pytest.approx(90)  # groups not listed are unaffected
+    assert "| n3" in build_report(runs, expected_tasks=expected).markdown()
+
+
+def test_a_vtab_group_with_only_some_of_its_tasks_is_flagged(tmp_path: Path) -> None:
+    for task in ("dtd", "svhn"):
+        write_sweep(tmp_path, task, "natural", "a", [50.0])
+    write_sweep(tmp_path, "mytask", "specialized", "a", [50.0])  # not a VTAB name: no note
+    report = build_report(tmp_path)
+    assert len(report.notes) == 1
+    assert "natural mean covers 2 of VTAB-1k's 7" in report.notes[0]
+    assert "caltech101" in report.notes[0] and "dtd," not in report.notes[0]
+    assert report.notes[0] in report.markdown()
+    assert build_report(tmp_path).rows[0]["natural mean"] == pytest.approx(50.0)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import io
 import json
 import statistics
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from e2vpt.checkpoint import atomic_write_bytes, atomic_write_text
-from e2vpt.data.vtab import VTAB_GROUPS
+from e2vpt.data.vtab import VTAB_GROUPS, VTAB_TASKS
 from e2vpt.reporting import format_table, write_csv, write_json
 from e2vpt.sweeps.protocol import SWEEP_FILE
 
@@ -112,6 +113,7 @@ class Report:
     rows: list[dict[str, Any]]  # one per method (numbers); anchors appended when asked
     tasks: list[tuple[str, str, str]]  # (group, task, metric) in column order
     groups: list[str]
+    notes: list[str] = field(default_factory=list)  # printed under the table
 
     def markdown(self) -> str:
         columns = ["method"]
@@ -133,25 +135,48 @@ class Report:
             for column in columns[1 + len(self.tasks) :]:
                 cells[column] = row.get(column)
             table.append(cells)
-        return format_table(table, columns, float_digits=2)
+        text = format_table(table, columns, float_digits=2)
+        return "\n\n".join([text, *self.notes]) if self.notes else text
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "rows": self.rows,
             "tasks": [{"group": g, "task": t, "metric": m} for g, t, m in self.tasks],
             "groups": self.groups,
+            "notes": self.notes,
             "entries": [e.__dict__ for e in self.entries],
         }
 
 
+def partial_vtab_groups(tasks: list[tuple[str, str, str]]) -> list[str]:
+    """Warnings for VTAB groups holding only some of VTAB-1k's tasks: their means are not
+    comparable with the papers' group means."""
+    notes = []
+    for group in VTAB_GROUPS:
+        present = {t for g, t, _ in tasks if g == group}
+        full = [t for t, (g, _) in VTAB_TASKS.items() if g == group]
+        if present and present <= set(full) and len(present) < len(full):
+            missing = ", ".join(t for t in full if t not in present)
+            notes.append(
+                f"Note: the {group} mean covers {len(present)} of VTAB-1k's {len(full)} "
+                f"{group} tasks (missing: {missing}); the papers' group means cover all."
+            )
+    return notes
+
+
 def build_report(
-    runs_dir: str | Path, anchors: bool = False, include_running: bool = False
+    runs_dir: str | Path,
+    anchors: bool = False,
+    include_running: bool = False,
+    expected_tasks: Mapping[str, str] | None = None,
 ) -> Report:
+    """``expected_tasks`` (task → group): tasks that belong in the table even before
+    their sweeps finish — a group's mean waits for all of them."""
     entries = collect(runs_dir, include_running)
-    tasks = sorted(
-        {(e.group, e.task, e.metric) for e in entries},
-        key=lambda t: (_order(t[0], GROUP_ORDER), t[1]),
-    )
+    found = {(e.group, e.task, e.metric) for e in entries}
+    seen = {t for _, t, _ in found}
+    found |= {(g, t, "top1") for t, g in (expected_tasks or {}).items() if t not in seen}
+    tasks = sorted(found, key=lambda t: (_order(t[0], GROUP_ORDER), t[1]))
     groups = sorted({g for g, _, _ in tasks}, key=lambda g: _order(g, GROUP_ORDER))
     methods = sorted({e.method for e in entries}, key=lambda m: _order(m, METHOD_ORDER))
     rows = []
@@ -190,7 +215,8 @@ def build_report(
             if any(g in VTAB_GROUPS for g in groups):
                 row[HEADLINE] = statistics.fmean([values[g] for g in vtab])
             rows.append(row)
-    return Report(entries=entries, rows=rows, tasks=tasks, groups=groups)
+    notes = partial_vtab_groups(tasks)
+    return Report(entries=entries, rows=rows, tasks=tasks, groups=groups, notes=notes)
 
 
 def plot_report(report: Report, path: Path, title: str = "") -> None:
