@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from e2vpt.cli.main import main
-from e2vpt.sweeps.report import ANCHORS, HEADLINE, TASK_MEAN, build_report, write_report
+from e2vpt.sweeps.report import (
+    ANCHORS,
+    HEADLINE,
+    TASK_MEAN,
+    build_report,
+    plot_points,
+    write_report,
+)
 
 
 def write_sweep(
@@ -123,3 +130,15 @@ def test_a_vtab_group_with_only_some_of_its_tasks_is_flagged(tmp_path: Path) -> 
     assert "caltech101" in report.notes[0] and "dtd," not in report.notes[0]
     assert report.notes[0] in report.markdown()
     assert build_report(tmp_path).rows[0]["natural mean"] == pytest.approx(50.0)
+
+
+def test_plot_scores_every_method_on_the_same_tasks(runs: Path) -> None:
+    points, label = plot_points(build_report(runs))
+    # b lacks t2 (no headline): both are scored on the five top-1 tasks both have
+    assert "5 task(s)" in label
+    a = next(y for m, _, y in points if m == "a")
+    assert a == pytest.approx((81 + 70 + 90 + 40 + 85) / 5)
+    complete = build_report(runs, include_running=True)  # b's t2 counts: headline for all
+    points, label = plot_points(complete)
+    assert label == HEADLINE
+    assert dict((m, y) for m, _, y in points)["a"] == pytest.approx(complete.rows[0][HEADLINE])
