@@ -366,8 +366,8 @@ def main() -> None:
             names = ", ".join(repr(row) for row, _, _ in row_specs)
             parser.error(f"unknown rows {sorted(unknown)}; choose from {names}")
         row_specs = [spec for spec in row_specs if spec[0] in args.rows]
-    machine = describe_machine(args.device, not args.no_steady_alloc)
     steady = not args.no_steady_alloc
+    machine = describe_machine(args.device, steady)
     per_job = len(row_specs) + 1 if args.interleave else len(row_specs) * args.rounds
     bar = tqdm(total=len(jobs) * per_job, desc="speed", unit="process")
     for backbone, batch in jobs:
@@ -411,10 +411,10 @@ def main() -> None:
             if args.interleave
             else f"{args.rounds} rounds × {args.steps} steps, a process per row and round"
         )
-        memory = "inference only" if args.infer_only else "peak memory of each row alone"
+        memory_note = "inference only" if args.infer_only else "peak memory of each row alone"
         title = (
             f"### {backbone}, batch {batch}, {args.device}, {args.precision}; "
-            f"median of {how}; {memory}"
+            f"median of {how}; {memory_note}"
         )
         by_name = {r["row"]: r for r in rows}
         check = ""
