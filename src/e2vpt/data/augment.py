@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +39,30 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, size: int) -> 
     return hflip(crops, generator)
 
 
+def random_crops_flip(
+    images: Sequence[torch.Tensor], generator: torch.Generator, size: int
+) -> torch.Tensor:
+    """A random size×size crop of each of differently sized 3×h×w images (FGVC: the
+    aspect-kept Resize 256 → RandomCrop 224 anywhere in it), then flip; N×3×size×size.
+
+    Offsets are uniform over the whole image (0 … h − size, 0 … w − size). The generator
+    is consumed the same whatever the sizes: N×2 uniforms (image i's row then column, in
+    order), then the N flips, so ranks holding the same batch draw the same crops."""
+    n = len(images)
+    if n == 0:
+        raise ValueError("random-crop-flip needs at least one image")
+    for img in images:
+        h, w = img.shape[-2:]
+        if h < size or w < size:
+            raise ValueError(f"random-crop-flip needs images of at least {size} px, got {h}×{w}")
+    spans = torch.tensor([img.shape[-2:] for img in images], dtype=torch.int64) - size + 1
+    u = torch.rand((n, 2), generator=generator, dtype=torch.float64)
+    offsets = torch.minimum((u * spans).long(), spans - 1).tolist()
+    windows = zip(images, offsets, strict=True)
+    crops = torch.stack([img[:, oy : oy + size, ox : ox + size] for img, (oy, ox) in windows])
+    return hflip(crops, generator)
+
+
 AUGMENTATIONS = ("none", "flip", "crop-flip", "random-crop-flip")
 
 
@@ -52,3 +78,20 @@ def apply_augment(
     if name == "random-crop-flip":
         return random_crop_flip(x, generator, size if size is not None else x.shape[-1])
     raise ValueError(f"unknown augmentation {name!r}; use one of {', '.join(AUGMENTATIONS)}")
+
+
+def augment_batch(
+    name: str,
+    split_images: torch.Tensor,
+    crops: Sequence[torch.Tensor] | None,
+    idx: torch.Tensor | Sequence[int],
+    generator: torch.Generator,
+    size: int,
+) -> torch.Tensor:
+    """The training batch ``idx`` augmented by ``name``: random-crop-flip with a split's
+    aspect-kept ``crops`` (FGVC) cuts them on the CPU (the result is on the CPU); every
+    other case is ``apply_augment`` on ``split_images[idx]`` (on their device)."""
+    if name == "random-crop-flip" and crops is not None:
+        rows = idx.tolist() if isinstance(idx, torch.Tensor) else list(idx)
+        return random_crops_flip([crops[i] for i in rows], generator, size)
+    return apply_augment(name, split_images[idx], generator, size)

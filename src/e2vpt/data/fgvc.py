@@ -2,9 +2,12 @@
 splits the VPT line of work prepares: ``train.json`` / ``val.json`` / ``test.json``
 (image path → class id) beside the dataset's image folder.
 
-Images are stored as squares at 256/224 of the input size (shorter side resized, then
-the central square); training takes a random input-size crop + horizontal flip, evaluation
-the central crop — SPEC's Resize 256 → Random/CenterCrop 224 at any input size."""
+Each image is resized so its shorter side is 256/224 of the input size, aspect kept.
+Every split stores the central square of that (evaluation centre-crops it to the input:
+Resize 256 → CenterCrop 224); ``train`` and ``val`` (val is part of train+val in final
+runs) also keep the whole resized images as ``Split.crops``, and training takes a random
+input-size crop anywhere in one (the whole long side) + horizontal flip — SPEC's
+Resize 256 → RandomCrop 224 → flip, at any input size. ``test`` keeps the squares only."""
 
 from __future__ import annotations
 
@@ -13,7 +16,14 @@ from pathlib import Path
 
 import torch
 
-from e2vpt.data.core import DataError, Split, Task, check_labels, decode_images
+from e2vpt.data.core import (
+    DataError,
+    Split,
+    Task,
+    check_labels,
+    decode_images,
+    decode_images_and_aspect,
+)
 
 FGVC_GROUP = "fgvc"
 # dataset → classes; keys are folder names, lower-cased, without _ - or spaces
@@ -29,6 +39,8 @@ FGVC_DATASETS: dict[str, int] = {
     "stanfordcars": 196,
 }
 FGVC_SPLITS = ("train", "val", "test")
+# the splits trained on (val: in train+val), which keep the aspect-kept images to crop from
+CROPPED_SPLITS = ("train", "val")
 # where the json paths are relative to, tried in this order (datasets differ)
 IMAGE_DIRS = ("", "images", "Images")
 
@@ -87,6 +99,7 @@ def load_fgvc(folder: str | Path, image_size: int, progress: bool = True) -> Tas
         classes=[str(c) for c in range(num_classes)],
         group=FGVC_GROUP,
         augment="random-crop-flip",
+        normalization="imagenet",
     )
     for split, entries in lists.items():
         check_labels([label for _, label in entries], num_classes, folder / f"{split}.json")
@@ -96,7 +109,12 @@ def load_fgvc(folder: str | Path, image_size: int, progress: bool = True) -> Tas
                 raise DataError(
                     f"{folder / f'{split}.json'} lists {rel}, but {path} does not exist"
                 )
-        images = decode_images(paths, store, f"decode {split}", progress, keep_aspect=True)
+        desc = f"decode {split}"
+        crops = None
+        if split in CROPPED_SPLITS:
+            images, crops = decode_images_and_aspect(paths, store, desc, progress)
+        else:
+            images = decode_images(paths, store, desc, progress, keep_aspect=True)
         labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
-        task.splits[split] = Split(images, labels)
+        task.splits[split] = Split(images, labels, crops)
     return task
