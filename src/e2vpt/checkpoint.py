@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from e2vpt.methods.base import ConfigError, method_config
+from e2vpt.methods.base import ConfigError, get_method, method_config
 from e2vpt.model import PromptedModel, backbone_fingerprint, backbone_signature, wrap
 from e2vpt.state import diff_state
 
@@ -79,9 +79,10 @@ def _pruning_summary(model: PromptedModel) -> dict[str, Any] | None:
     if prompts is None or not prompts.pruned or prompts.kept_tokens is None:
         return None
     return {
+        "mode": prompts.prune_mode,
         "original_tokens": prompts.original_tokens,
         "kept_tokens": prompts.kept_tokens.tolist(),
-        "kept_segments_per_token": (prompts.segment_mask != 0).sum(dim=1).tolist(),
+        "kept_segments_per_token": prompts.kept_segment_rows().sum(dim=1).tolist(),
         "stored_prompt_values": prompts.stored_numel(),
     }
 
@@ -110,6 +111,7 @@ def save(model: PromptedModel, directory: str | os.PathLike[str]) -> Path:
             "method": config.method_name,
             "method_config": config.to_dict(),
             "num_classes": model.num_classes,
+            "input_norm": None if model.input_norm is None else list(map(list, model.input_norm)),
             "masks_active": bool(model.visual_prompts and model.visual_prompts.masks_active),
             "pruning": _pruning_summary(model),
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
@@ -205,7 +207,7 @@ def load(
             "weights, or pass check_fingerprint=False if you know what you are doing"
         )
     try:
-        config = method_config(meta["method"], meta["method_config"])
+        config = method_config(meta["method"], _with_legacy_options(meta))
     except ConfigError as err:
         raise CheckpointError(f"{CONFIG_FILE} in {directory} is invalid: {err}") from err
     model = wrap(
@@ -227,6 +229,7 @@ def load(
             prompts.prune(
                 tensors[SPARSE_PREFIX + "kept_tokens"],
                 tensors.get(SPARSE_PREFIX + "kept_segments", torch.empty(0)),
+                mode=(meta.get("pruning") or {}).get("mode") or "remove",
             )
         except ValueError as err:
             raise CheckpointError(f"{tensors_path}: invalid pruning structure: {err}") from err
@@ -251,4 +254,19 @@ def load(
         model.visual_prompts.load_sparse_state(sparse_state)
     elif model.visual_prompts is not None:
         model.visual_prompts.masks_active = bool(meta.get("masks_active", False))
+    if meta.get("input_norm"):
+        mean, std = meta["input_norm"]
+        model.input_norm = (tuple(mean), tuple(std))
     return model.to(map_location)
+
+
+def _with_legacy_options(meta: dict[str, Any]) -> dict[str, Any]:
+    """The saved method options, completed with the values of options added since (a
+    checkpoint saves every option, so a missing one means it did not exist yet)."""
+    options = dict(meta["method_config"])
+    try:
+        spec = get_method(meta["method"])
+    except ConfigError:
+        return options  # method_config() reports the unknown method
+    legacy = spec.config_cls.legacy_options({**dict(spec.fixed), **options})
+    return {**{k: v for k, v in legacy.items() if k not in options}, **options}

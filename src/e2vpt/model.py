@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import torch
@@ -80,6 +81,22 @@ def backbone_fingerprint(backbone: nn.Module) -> str | None:
 
 VIT_POOLS = ("token", "avg", "avg-fc-norm", "map", "max", "avgmax")
 SWIN_POOLS = ("avg",)
+# kaiming: the official VPT/E²VPT head (kaiming_normal_ fan-out, std √(2/C); bias
+# −log 99, a 1 % prior); trunc-normal: timm's (std 0.02, bias 0)
+HEAD_INITS = ("kaiming", "trunc-normal")
+HEAD_BIAS_PRIOR = 0.01
+
+
+def init_head(head: nn.Linear, how: str) -> None:
+    """Initialise a fresh classification head one of the :data:`HEAD_INITS` ways."""
+    if how == "kaiming":
+        nn.init.kaiming_normal_(head.weight, a=0, mode="fan_out")
+        nn.init.constant_(head.bias, -math.log((1 - HEAD_BIAS_PRIOR) / HEAD_BIAS_PRIOR))
+    elif how == "trunc-normal":
+        nn.init.trunc_normal_(head.weight, std=0.02)
+        nn.init.zeros_(head.bias)
+    else:
+        raise ConfigError(f"head_init must be one of {HEAD_INITS}, got {how!r}")
 
 
 class PromptedModel(nn.Module):
@@ -88,10 +105,19 @@ class PromptedModel(nn.Module):
     training), a fresh ``head``, and the bookkeeping checkpoints need. Subclasses say
     where prompts go (:meth:`add_visual_prompts`, :meth:`add_kv_prompts`)."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, backbone_name: str | None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        backbone_name: str | None,
+        head_init: str = "kaiming",
+    ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+        if head_init not in HEAD_INITS:
+            raise ConfigError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}")
+        self.head_init = head_init
         self.backbone_name = backbone_name or backbone_name_of(backbone)
         self.backbone_signature = backbone_signature(backbone)
         self.backbone_fingerprint = backbone_fingerprint(backbone)
@@ -107,6 +133,8 @@ class PromptedModel(nn.Module):
         self.global_pool = ""
         # recompute each block's activations in the backward instead of storing them
         self.grad_checkpointing = False
+        # the (mean, std) images were normalised with in training; None: the backbone's
+        self.input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def _run_block(self, fn: Any, *args: Any) -> Any:
         if self.grad_checkpointing and torch.is_grad_enabled():
@@ -115,8 +143,7 @@ class PromptedModel(nn.Module):
 
     def _make_head(self, width: int) -> None:
         self.head = nn.Linear(width, self.num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        init_head(self.head, self.head_init)
 
     # -- method plumbing -------------------------------------------------------------
     def freeze_backbone(self) -> None:
@@ -143,10 +170,12 @@ class PromptedModel(nn.Module):
         dropout: float,
         project: bool = False,
         mask_segments: int | None = None,
+        segment_layout: str = "interleaved",
+        train_masks: bool = False,
     ) -> None:
         raise NotImplementedError
 
-    def add_kv_prompts(self, tokens: int, shared: bool) -> None:
+    def add_kv_prompts(self, tokens: int, shared: bool, init: str = "heads") -> None:
         raise NotImplementedError
 
     # -- forward ---------------------------------------------------------------------
@@ -167,6 +196,7 @@ class PromptedViT(PromptedModel):
         num_classes: int,
         backbone_name: str | None = None,
         global_pool: str | None = None,
+        head_init: str = "kaiming",
     ) -> None:
         for attr in ("patch_embed", "blocks", "_pos_embed", "num_prefix_tokens", "forward_head"):
             if not hasattr(backbone, attr):
@@ -176,7 +206,7 @@ class PromptedViT(PromptedModel):
                     "'vit_base_patch16_224.augreg_in21k', Swins such as "
                     "'swin_base_patch4_window7_224.ms_in22k', or the bundled 'demo_vit_cifar10'"
                 )
-        super().__init__(backbone, num_classes, backbone_name)
+        super().__init__(backbone, num_classes, backbone_name, head_init)
         self.global_pool = self._set_pooling(backbone, global_pool)
         self.embed_dim = int(backbone.embed_dim)
         self.num_blocks = len(backbone.blocks)
@@ -214,6 +244,8 @@ class PromptedViT(PromptedModel):
         dropout: float,
         project: bool = False,
         mask_segments: int | None = None,
+        segment_layout: str = "interleaved",
+        train_masks: bool = False,
     ) -> None:
         self.visual_prompts = VisualPrompts(
             num_layers=self.num_blocks if deep else 1,
@@ -223,10 +255,12 @@ class PromptedViT(PromptedModel):
             dropout=dropout,
             project=project,
             mask_segments=mask_segments,
+            segment_layout=segment_layout,
+            train_masks=train_masks,
         )
 
-    def add_kv_prompts(self, tokens: int, shared: bool) -> None:
-        add_kv_prompts(self.backbone, tokens=tokens, shared=shared)
+    def add_kv_prompts(self, tokens: int, shared: bool, init: str = "heads") -> None:
+        add_kv_prompts(self.backbone, tokens=tokens, shared=shared, init=init)
 
     # -- forward ---------------------------------------------------------------------
     def _insert_prompts(self, x: torch.Tensor, layer: int) -> torch.Tensor:
@@ -239,7 +273,8 @@ class PromptedViT(PromptedModel):
         new = prompts(layer, x.shape[0]).to(x.dtype)
         npt = self.num_prefix_tokens
         # block 0: insert after the prefix tokens; deep blocks: replace the last outputs
-        rest = x[:, npt:] if layer == 0 else x[:, npt + prompts.tokens :]
+        # (every layer gets as many prompts as the first, so the count is the new one's)
+        rest = x[:, npt:] if layer == 0 else x[:, npt + new.shape[1] :]
         return torch.cat([x[:, :npt], new, rest], dim=1)
 
     def forward_features(self, x: torch.Tensor, pooled_only: bool = False) -> torch.Tensor:
@@ -282,8 +317,9 @@ class PromptedSwin(PromptedModel):
         num_classes: int,
         backbone_name: str | None = None,
         global_pool: str | None = None,
+        head_init: str = "kaiming",
     ) -> None:
-        super().__init__(backbone, num_classes, backbone_name)
+        super().__init__(backbone, num_classes, backbone_name, head_init)
         pool = global_pool or "avg"
         if pool not in SWIN_POOLS:
             raise ConfigError(f"Swin backbones pool by averaging; got global_pool={pool!r}")
@@ -303,6 +339,8 @@ class PromptedSwin(PromptedModel):
         dropout: float,
         project: bool = False,
         mask_segments: int | None = None,
+        segment_layout: str = "interleaved",
+        train_masks: bool = False,
     ) -> None:
         # pruning masks are not offered on Swin (pruning/importance.py refuses it)
         self.stage_prompts = StagePrompts(
@@ -312,11 +350,11 @@ class PromptedSwin(PromptedModel):
             for block in stage.blocks:
                 prompt_attention_of(block)
 
-    def add_kv_prompts(self, tokens: int, shared: bool) -> None:
+    def add_kv_prompts(self, tokens: int, shared: bool, init: str = "heads") -> None:
         for stage in self.backbone.layers:
             for block in stage.blocks:
                 base = prompt_attention_of(block).base
-                block.attn = PromptedWindowAttention(base, tokens, shared)
+                block.attn = PromptedWindowAttention(base, tokens, shared, init)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         bb = self.backbone
@@ -350,9 +388,12 @@ def wrap(
     num_classes: int,
     backbone_name: str | None = None,
     global_pool: str | None = None,
+    head_init: str = "kaiming",
 ) -> PromptedModel:
     """Apply a method to a timm ViT or Swin: freeze what the method freezes, add its
-    parts, attach a new ``num_classes`` head. The backbone object is modified in place."""
+    parts, attach a new ``num_classes`` head (``head_init``: one of :data:`HEAD_INITS`;
+    the default is the official VPT/E²VPT head). The backbone object is modified in
+    place."""
     if not isinstance(config, MethodConfig):
         raise ConfigError(
             f"config must be a method config such as E2VPTConfig(), got {type(config).__name__}"
@@ -360,7 +401,7 @@ def wrap(
     config.validate()
     spec = get_method(config.method_name)
     model_cls = PromptedSwin if is_swin(backbone) else PromptedViT
-    model = model_cls(backbone, num_classes, backbone_name, global_pool)
+    model = model_cls(backbone, num_classes, backbone_name, global_pool, head_init)
     spec.apply(model, config)
     model.method_config = config
     model.train(model.training)

@@ -57,7 +57,8 @@ def test_no_arguments_is_the_quickstart() -> None:
 def test_info_prints_the_parameter_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", "--backbone", "vit_base_patch16_224", "--json"]) == 0
     rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows["e2vpt"]["without head"] == 12 * 10 * 768 + 12 * 5 * 768
+    # prompts + key-value prompts + the trained token (10) and segment (10 × 16) masks
+    assert rows["e2vpt"]["without head"] == 12 * 10 * 768 + 12 * 5 * 768 + 10 + 10 * 16
     assert rows["vpt-deep"]["without head"] == 12 * 10 * 768
     assert rows["linear"]["tunable"] == 768 * 100 + 100
     assert rows["full"]["backbone params"] == 85_798_656

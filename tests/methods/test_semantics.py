@@ -53,8 +53,9 @@ def test_zero_prompts_equal_plain_timm(config: e2vpt.MethodConfig, images: torch
     model = e2vpt.wrap(backbone, config, num_classes=7).eval()
     with torch.no_grad():
         got = model(images)
+    # logits are O(1) with the official head init (std √(2/C)): float32 agreement
     torch.testing.assert_close(
-        got, plain_timm_logits(expected_backbone, model, images), rtol=0, atol=1e-6
+        got, plain_timm_logits(expected_backbone, model, images), rtol=0, atol=1e-5
     )
 
 
@@ -206,11 +207,14 @@ def test_parameter_counts_match_closed_forms() -> None:
     assert count(e2vpt.LinearConfig()).tunable == d * C + C
     assert count(e2vpt.VPTConfig(tokens=p)).tunable == p * d + head
     assert count(e2vpt.VPTConfig(tokens=p, deep=True)).tunable == L * p * d + head
+    masks = p + p * 16  # token mask γ and segment mask μ, trained (the official default)
     shared = count(e2vpt.E2VPTConfig(visual_tokens=p, kv_tokens=m))
-    assert shared.tunable == L * p * d + L * m * d + head
-    assert shared.tunable_without_head == L * p * d + L * m * d
+    assert shared.tunable == L * p * d + L * m * d + masks + head
+    assert shared.tunable_without_head == L * p * d + L * m * d + masks
     separate = count(e2vpt.E2VPTConfig(visual_tokens=p, kv_tokens=m, shared_kv=False))
-    assert separate.tunable == L * p * d + 2 * L * m * d + head
+    assert separate.tunable == L * p * d + 2 * L * m * d + masks + head
+    fixed = count(e2vpt.E2VPTConfig(visual_tokens=p, kv_tokens=m, train_masks=False))
+    assert fixed.tunable == L * p * d + L * m * d + head
     backbone = sum(
         q.numel() for n, q in make_tiny_vit().named_parameters() if not n.startswith("head.")
     )
@@ -225,8 +229,9 @@ def test_parameter_counts_match_closed_forms() -> None:
     assert count(e2vpt.BiasConfig()).tunable == biases + head
 
 
-def test_masks_are_buffers_not_tunable() -> None:
-    model = e2vpt.wrap(make_tiny_vit(), e2vpt.E2VPTConfig(visual_tokens=4, kv_tokens=2), 5)
+def test_fixed_masks_are_buffers_not_tunable() -> None:
+    config = e2vpt.E2VPTConfig(visual_tokens=4, kv_tokens=2, train_masks=False)
+    model = e2vpt.wrap(make_tiny_vit(), config, 5)
     names = {n for n, _ in model.named_parameters()}
     assert not any("mask" in n for n in names)
     prompts = model.visual_prompts
@@ -239,7 +244,20 @@ def test_masks_are_buffers_not_tunable() -> None:
     prompts.segment_mask[0, :8] = 0
     out = prompts(0, 1)[0]
     assert torch.all(out[1] == 0)
-    assert torch.all(out[0, :32] == 0) and torch.all(out[0, 32:] != 0)
+    # interleaved segments (the official layout): dimension j belongs to segment j mod 16
+    in_dropped = (torch.arange(64) % 16) < 8
+    assert torch.all(out[0, in_dropped] == 0) and torch.all(out[0, ~in_dropped] != 0)
+
+
+def test_trained_masks_are_tunable_and_multiply_the_prompts() -> None:
+    model = e2vpt.wrap(make_tiny_vit(), e2vpt.E2VPTConfig(visual_tokens=4, kv_tokens=2), 5)
+    prompts = model.visual_prompts
+    assert prompts.masks_trained and prompts.masks_active
+    assert prompts.token_mask.requires_grad and prompts.segment_mask.requires_grad
+    prompts.eval()
+    with torch.no_grad():
+        prompts.token_mask[2] = 0.5
+    assert torch.equal(prompts(1, 1)[0, 2], 0.5 * prompts.prompts[1, 2].detach())
 
 
 def test_prompt_init_follows_the_papers() -> None:
@@ -248,9 +266,15 @@ def test_prompt_init_follows_the_papers() -> None:
     bound = prompt_init_bound((8, 8), 64)
     prompts = model.visual_prompts.prompts
     assert prompts.abs().max() <= bound and prompts.abs().max() > 0.9 * bound
-    kv = model.backbone.blocks[0].attn.key_prompt
-    kaiming_bound = (2.0**0.5) * (3.0 / 64) ** 0.5  # fan-in = width of a prompt token
+    kv = model.backbone.blocks[0].attn.key_prompt  # (heads, m, head_dim) = (4, 50, 16)
+    assert kv.shape == (4, 50, 16)
+    # the official init: Kaiming-uniform with fan-in m·head_dim, bound √(6 / (m·head_dim))
+    kaiming_bound = (6.0 / (50 * 16)) ** 0.5
     assert kv.abs().max() <= kaiming_bound and kv.abs().max() > 0.9 * kaiming_bound
+    width = e2vpt.E2VPTConfig(visual_tokens=1, kv_tokens=50, kv_init="width")
+    kv = e2vpt.wrap(make_tiny_vit(), width, 5).backbone.blocks[0].attn.key_prompt
+    width_bound = (6.0 / 64) ** 0.5  # fan-in = the width of a prompt token, whatever m
+    assert kv.abs().max() <= width_bound and kv.abs().max() > 0.9 * width_bound
 
 
 EXPECTED_TRAINABLE = {
@@ -260,11 +284,13 @@ EXPECTED_TRAINABLE = {
     "vpt-shallow": lambda n: n.startswith("head.") or n == "visual_prompts.prompts",
     "vpt-deep": lambda n: n.startswith("head.") or n == "visual_prompts.prompts",
     "e2vpt": lambda n: (
-        n.startswith("head.") or n == "visual_prompts.prompts" or n.endswith("attn.key_prompt")
+        n.startswith("head.")
+        or n.startswith("visual_prompts.")  # prompts and the trained masks
+        or n.endswith("attn.key_prompt")
     ),
     "e2vpt-separate": lambda n: (
         n.startswith("head.")
-        or n == "visual_prompts.prompts"
+        or n.startswith("visual_prompts.")
         or n.endswith(("attn.key_prompt", "attn.value_prompt"))
     ),
 }
@@ -313,8 +339,9 @@ def test_invalid_configs_are_clear_errors() -> None:
 
 
 def test_vpt_config_defaults_follow_the_table() -> None:
+    # the official VPT code trains shallow and deep prompts without dropout
     assert e2vpt.VPTConfig(tokens=5).dropout == 0.0
-    assert e2vpt.VPTConfig(tokens=5, deep=True).dropout == 0.1
+    assert e2vpt.VPTConfig(tokens=5, deep=True).dropout == 0.0
     assert e2vpt.method_config("vpt-deep").method_name == "vpt-deep"
     assert e2vpt.list_methods()[:6] == [
         "linear",

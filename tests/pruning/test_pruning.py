@@ -27,7 +27,11 @@ TOKENS, SEGMENTS = 4, 16  # tiny ViT: width 64 → 4 dims per segment
 
 def trained_e2vpt(seed: int = 0) -> e2vpt.PromptedViT:
     """A tiny E²VPT model whose tunable tensors are all non-trivial."""
-    model = e2vpt.wrap(make_tiny_vit(), e2vpt.E2VPTConfig(visual_tokens=TOKENS, kv_tokens=2), 5)
+    # fixed masks and contiguous segments: the layout the hand-written references below use
+    config = e2vpt.E2VPTConfig(
+        visual_tokens=TOKENS, kv_tokens=2, train_masks=False, segment_layout="contiguous"
+    )
+    model = e2vpt.wrap(make_tiny_vit(), config, 5)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():

@@ -24,10 +24,12 @@ import torch
 from e2vpt.backbones import DEMO_BACKBONE, BackboneError, canonical_name, create_backbone
 from e2vpt.checkpoint import CheckpointError, load, read_config
 from e2vpt.data import DataError, load_task
+from e2vpt.layers.prompts import PRUNE_MODES
 from e2vpt.methods.base import _REGISTRY, ConfigError, MethodConfig, list_methods, method_config
 from e2vpt.model import wrap
-from e2vpt.pruning.importance import SCORE_MODES
+from e2vpt.pruning.importance import SCORE_DEFINITIONS, SCORE_MODES
 from e2vpt.pruning.search import PruneSettings
+from e2vpt.recipes import PRUNE_CHOICES, RECIPES, choices_table
 from e2vpt.reporting import format_table, write_json
 from e2vpt.sweeps.protocol import ADAMW_BASE_LRS, SweepError, SweepSettings
 from e2vpt.sweeps.ray_engine import RaySettings
@@ -138,6 +140,7 @@ SWEEP_FLAGS = {
     "prune_token_fractions",
     "prune_segment_fractions",
     "prune_score",
+    "prune_mode",
     "engine",
     "address",
     "cpus_per_trial",
@@ -164,23 +167,48 @@ def _add_train_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:
         added |= fields
 
 
-def _add_pruning_grid_flags(
-    parser: argparse.ArgumentParser, prefix: str, tokens: list[float], segments: list[float]
-) -> None:
+def _add_pruning_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """The pruning grid, score and mode (``e2vpt prune``: no prefix; ``sweep``: prune-)."""
+    default, official = (
+        PRUNE_CHOICES["token_fractions"].default,
+        PRUNE_CHOICES["token_fractions"].official,
+    )
     parser.add_argument(
         f"--{prefix}token-fractions",
         type=float,
         nargs="+",
-        default=tokens,
-        help="fractions of visual tokens to prune (default: %(default)s)",
+        help=f"fractions of visual tokens to prune (default recipe: {_listed(default)}; "
+        f"official: {_listed(official)})",
+    )
+    default, official = (
+        PRUNE_CHOICES["segment_fractions"].default,
+        PRUNE_CHOICES["segment_fractions"].official,
     )
     parser.add_argument(
         f"--{prefix}segment-fractions",
         type=float,
         nargs="+",
-        default=segments,
-        help="fractions of each kept token's segments to prune (default: %(default)s)",
+        help="fractions of each kept token's segments to prune (default recipe: "
+        f"{_listed(default)}; official: {_listed(official)})",
     )
+    parser.add_argument(
+        f"--{prefix}score",
+        choices=SCORE_MODES,
+        help="token/segment importance, lowest pruned first: "
+        + "; ".join(f"{k}: {v}" for k, v in SCORE_DEFINITIONS.items()).replace("%", "%%")
+        + f" (default recipe: {PRUNE_CHOICES['score'].default}; official: official)",
+    )
+    parser.add_argument(
+        "--prune-mode",
+        choices=PRUNE_MODES,
+        help="remove: pruned tokens leave every layer's sequence (fewer tokens, faster); "
+        "zero: they stay as zero vectors, as the official code (default recipe: remove; "
+        "official: zero)",
+    )
+
+
+def _listed(values: list[float]) -> str:
+    return " ".join(f"{v:g}" for v in values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,11 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-lrs",
         type=float,
         nargs="+",
-        help="base lr grid (default: SPEC's {50 … 0.05} for SGD, "
+        help="base lr grid (default: the papers' {50 … 0.05} for SGD, "
         f"{ADAMW_BASE_LRS} for AdamW / full)",
     )
     sweep.add_argument(
-        "--weight-decays", type=float, nargs="+", help="default: SPEC's {0.01, 1e-3, 1e-4, 0}"
+        "--weight-decays", type=float, nargs="+", help="default: the papers' {0.01, 1e-3, 1e-4, 0}"
     )
     sweep.add_argument(
         "--seeds", type=int, nargs="+", default=sweep_defaults.seeds, help="default: %(default)s"
@@ -244,13 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="e2vpt: also prune (fractions chosen on val) and report the pruned model",
     )
-    _add_pruning_grid_flags(
-        sweep,
-        "prune-",
-        sweep_defaults.prune_token_fractions,
-        sweep_defaults.prune_segment_fractions,
-    )
-    sweep.add_argument("--prune-score", choices=SCORE_MODES, default=sweep_defaults.prune_score)
+    _add_pruning_flags(sweep, "prune-")
     ray_defaults = RaySettings()
     ray = sweep.add_argument_group("Ray engine (pip install 'e2vpt[ray]')")
     ray.add_argument(
@@ -295,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--output-dir", type=Path, help="default: RUNS_DIR")
     report.add_argument("--name", default="report", help="file stem (default: %(default)s)")
     report.add_argument(
-        "--anchors", action="store_true", help="add SPEC §4's paper numbers (ViT-B/16) as rows"
+        "--anchors",
+        action="store_true",
+        help="add the papers' published numbers (ViT-B/16) as rows",
     )
     report.add_argument(
         "--include-running",
@@ -323,13 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--from", dest="run_dir", type=Path, required=True, help="run folder of an e2vpt run"
     )
-    defaults = PruneSettings()
-    _add_pruning_grid_flags(prune, "", defaults.token_fractions, defaults.segment_fractions)
+    _add_pruning_flags(prune, "")
     prune.add_argument(
-        "--score",
-        choices=SCORE_MODES,
-        default=defaults.score,
-        help="abs: mean |dL/dmask| (the paper); signed: mean -dL/dmask (default: %(default)s)",
+        "--recipe",
+        choices=RECIPES,
+        help="default: the run's own (a run is pruned with the recipe it was trained with)",
     )
     prune.add_argument(
         "--output-dir", help="report + final pruned checkpoint (default: RUN_DIR/pruned)"
@@ -355,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"methods to list (default: {' '.join(list_methods())})",
     )
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument(
+        "--recipes",
+        action="store_true",
+        help="the choices that decide what a run learns: the official code's, the default "
+        "recipe's and --recipe official's",
+    )
     info.add_argument(
         "--wide",
         action="store_true",
@@ -460,6 +488,7 @@ def cmd_sweep(args: argparse.Namespace, argv: Sequence[str]) -> int:
         prune_token_fractions=args.prune_token_fractions,
         prune_segment_fractions=args.prune_segment_fractions,
         prune_score=args.prune_score,
+        prune_mode=args.prune_mode,
         progress=cfg.progress,
         engine=args.engine,
         ray=RaySettings(
@@ -499,7 +528,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from e2vpt.training.trainer import data_settings, resolve_device, top1
+    from e2vpt.training.trainer import model_data_settings, resolve_device, top1
 
     meta = read_config(args.run_dir)
     run_cfg_path = args.run_dir / "train_config.yaml"
@@ -513,7 +542,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.run_dir} has no train_config.yaml; pass --data")
     device = resolve_device(args.device)
     model = load(args.run_dir)
-    image_size, normalizer = data_settings(model.backbone)
+    image_size, normalizer = model_data_settings(model)
     task = load_task(data, image_size, seed=data_seed)
     if task.num_classes != meta["num_classes"]:
         raise CheckpointError(
@@ -549,6 +578,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         token_fractions=args.token_fractions,
         segment_fractions=args.segment_fractions,
         score=args.score,
+        prune_mode=args.prune_mode,
+        recipe=args.recipe,
         output_dir=args.output_dir,
         epochs=args.epochs,
         device=args.device,
@@ -573,6 +604,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from e2vpt.accounting import count_parameters
 
+    if args.recipes:
+        rows = choices_table()
+        print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+        return 0
     names = [canonical_name(b) for b in args.backbone]
     methods = args.methods or list_methods()
     rows = []

@@ -111,7 +111,12 @@ def load_vtab(folder: str | Path, image_size: int, progress: bool = True) -> Tas
             raise DataError(f"{folder / source} lists {rel}, but {path} does not exist")
     images = decode_images(paths, image_size, f"decode {name}", progress)
     index = {rel: i for i, rel in enumerate(unique)}
-    task = Task(name=name, classes=[str(c) for c in range(num_classes)], group=group)
+    task = Task(
+        name=name,
+        classes=[str(c) for c in range(num_classes)],
+        group=group,
+        normalization="imagenet",
+    )
     for split, entries in lists.items():
         rows = torch.tensor([index[rel] for rel, _ in entries])
         labels = torch.tensor([label for _, label in entries], dtype=torch.int64)

@@ -13,14 +13,25 @@ import torch.nn.functional as F
 from timm.layers import Attention
 from torch import nn
 
-from e2vpt.methods.base import ConfigError
+from e2vpt.errors import ConfigError
+
+# heads: Kaiming-uniform on the (heads, m, head_dim) tensor, fan-in m·head_dim, bound
+# √(6/(m·head_dim)) (the official E²VPT code); width: on the (m, d) view, bound √(6/d)
+KV_INITS = ("heads", "width")
 
 
-def init_kv_prompt(num_heads: int, tokens: int, head_dim: int) -> torch.Tensor:
-    """Kaiming-uniform (fan-in, a=0) on the (tokens, width) view, then split into heads
-    the same way ``qkv`` splits keys: width index = head · head_dim + j."""
-    width = num_heads * head_dim
-    flat = torch.empty(tokens, width)
+def init_kv_prompt(num_heads: int, tokens: int, head_dim: int, how: str = "heads") -> torch.Tensor:
+    """Kaiming-uniform (fan-in, a=0) key/value prompts of shape (heads, tokens, head_dim),
+    one of the :data:`KV_INITS` ways. For ``width`` the (tokens, width) draw is split into
+    heads the way ``qkv`` splits keys: width index = head · head_dim + j."""
+    if how not in KV_INITS:
+        raise ConfigError(f"kv_init must be one of {KV_INITS}, got {how!r}")
+    if how == "heads":
+        out = torch.empty(num_heads, tokens, head_dim)
+        if tokens > 0:
+            nn.init.kaiming_uniform_(out, a=0, mode="fan_in", nonlinearity="leaky_relu")
+        return out
+    flat = torch.empty(tokens, num_heads * head_dim)
     if tokens > 0:
         nn.init.kaiming_uniform_(flat, a=0, mode="fan_in", nonlinearity="leaky_relu")
     return flat.view(tokens, num_heads, head_dim).transpose(0, 1).contiguous()
@@ -29,12 +40,14 @@ def init_kv_prompt(num_heads: int, tokens: int, head_dim: int) -> torch.Tensor:
 class KVPromptAttention(nn.Module):
     """timm ``Attention`` plus ``tokens`` learnable keys/values per head."""
 
-    def __init__(self, base: Attention, tokens: int, shared: bool = True) -> None:
+    def __init__(
+        self, base: Attention, tokens: int, shared: bool = True, init: str = "heads"
+    ) -> None:
         super().__init__()
         self.base = base
         self.tokens = tokens
         self.shared = shared
-        shape_args = (base.num_heads, tokens, base.head_dim)
+        shape_args = (base.num_heads, tokens, base.head_dim, init)
         self.key_prompt = nn.Parameter(init_kv_prompt(*shape_args))
         self.value_prompt: nn.Parameter | None = None
         if not shared:
@@ -84,7 +97,9 @@ class KVPromptAttention(nn.Module):
         return base.proj_drop(base.proj(out))
 
 
-def add_kv_prompts(backbone: nn.Module, tokens: int, shared: bool = True) -> None:
+def add_kv_prompts(
+    backbone: nn.Module, tokens: int, shared: bool = True, init: str = "heads"
+) -> None:
     """Replace every block's ``attn`` by a :class:`KVPromptAttention` around it."""
     if tokens == 0:
         return
@@ -95,4 +110,4 @@ def add_kv_prompts(backbone: nn.Module, tokens: int, shared: bool = True) -> Non
                 f"key-value prompts need timm's standard Attention in every block; block "
                 f"{index} has {type(attn).__name__}. Use a plain ViT backbone or set kv_tokens=0"
             )
-        block.attn = KVPromptAttention(attn, tokens, shared)
+        block.attn = KVPromptAttention(attn, tokens, shared, init)

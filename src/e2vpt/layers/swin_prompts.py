@@ -30,13 +30,15 @@ from e2vpt.layers.prompts import VisualPrompts
 class PromptedWindowAttention(nn.Module):
     """timm ``WindowAttention`` + ``tokens`` key-value prompts + room for visual prompts."""
 
-    def __init__(self, base: WindowAttention, tokens: int = 0, shared: bool = True) -> None:
+    def __init__(
+        self, base: WindowAttention, tokens: int = 0, shared: bool = True, init: str = "heads"
+    ) -> None:
         super().__init__()
         self.base = base
         self.tokens = tokens
         self.shared = shared
         head_dim = base.qkv.out_features // 3 // base.num_heads
-        shape_args = (base.num_heads, tokens, head_dim)
+        shape_args = (base.num_heads, tokens, head_dim, init)
         self.key_prompt: nn.Parameter | None = None
         self.value_prompt: nn.Parameter | None = None
         if tokens > 0:

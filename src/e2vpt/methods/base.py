@@ -7,12 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from e2vpt.errors import ConfigError
+
 if TYPE_CHECKING:
     from e2vpt.model import PromptedModel
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message says which and how to fix it."""
 
 
 @dataclass
@@ -22,6 +20,23 @@ class MethodConfig:
     name: ClassVar[str] = ""
     trains_backbone: ClassVar[bool] = False  # only `full`: backbone in train mode
     optimizer: ClassVar[str] = "sgd"
+    # options the official recipe fixes: giving another value with it is an error
+    official_options: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def legacy_options(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """Options added after a run was saved, set the way such runs behaved (a
+        checkpoint or run folder whose options lack them is read with these)."""
+        return {}
+
+    @classmethod
+    def official_conflicts(cls, values: dict[str, Any]) -> list[str]:
+        """The explicitly given options that the official recipe sets otherwise."""
+        return [
+            f"{key}={values[key]!r} (official: {pinned!r})"
+            for key, pinned in cls.official_options.items()
+            if key in values and values[key] != pinned
+        ]
 
     @property
     def method_name(self) -> str:

@@ -1,14 +1,17 @@
 """E²VPT (Han et al. 2023): deep visual prompts + key-value prompts in every attention.
 
-The visual prompts carry the token and segment masks that pruning (a later
-stage) sets; they are buffers, so the optimizer never sees them.
+The visual prompts carry the token and segment masks that pruning uses. As in the
+official code they learn with the prompts by default (``train_masks``); with
+``train_masks=False`` they are fixed buffers at one until pruning sets them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from e2vpt.layers.kv_attention import KV_INITS
+from e2vpt.layers.prompts import SEGMENT_LAYOUTS
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
 
 if TYPE_CHECKING:
@@ -18,16 +21,38 @@ if TYPE_CHECKING:
 @dataclass
 class E2VPTConfig(MethodConfig):
     name: ClassVar[str] = "e2vpt"
+    official_options: ClassVar[dict[str, Any]] = {
+        "visual_dropout": 0.1,
+        "mask_segments": 16,
+        "segment_layout": "interleaved",
+        "train_masks": True,
+        "kv_init": "heads",
+    }
     visual_tokens: int = 10  # deep visual prompt tokens per block
     kv_tokens: int = 5  # key-value prompt tokens per attention
     shared_kv: bool = True  # one tensor serves as key and value prompt (official default)
     visual_dropout: float = 0.1  # dropout on the visual prompts
+    kv_init: str = "heads"  # heads: Kaiming-uniform on (heads, m, head_dim) | width: on (m, d)
     mask_segments: int = 16  # R: segments per visual token for segment-wise pruning
+    segment_layout: str = "interleaved"  # interleaved: dim j → segment j mod R | contiguous
+    train_masks: bool = True  # token/segment masks learn with the prompts (official code)
+
+    @classmethod
+    def legacy_options(cls, values: dict[str, Any]) -> dict[str, Any]:
+        # how e2vpt trained and pruned before the official choices became the defaults
+        return {"kv_init": "width", "segment_layout": "contiguous", "train_masks": False}
 
     def validate(self) -> None:
         super().validate()
         if self.mask_segments < 1:
             raise ConfigError(f"e2vpt: mask_segments must be >= 1, got {self.mask_segments}")
+        if self.kv_init not in KV_INITS:
+            raise ConfigError(f"e2vpt: kv_init must be one of {KV_INITS}, got {self.kv_init!r}")
+        if self.segment_layout not in SEGMENT_LAYOUTS:
+            raise ConfigError(
+                f"e2vpt: segment_layout must be one of {SEGMENT_LAYOUTS}, "
+                f"got {self.segment_layout!r}"
+            )
 
 
 @register_method(E2VPTConfig, "deep visual prompts + key-value prompts + head (E²VPT)")
@@ -43,5 +68,7 @@ def apply_e2vpt(model: PromptedModel, config: E2VPTConfig) -> None:
         deep=True,
         dropout=config.visual_dropout,
         mask_segments=config.mask_segments,
+        segment_layout=config.segment_layout,
+        train_masks=config.train_masks,
     )
-    model.add_kv_prompts(tokens=config.kv_tokens, shared=config.shared_kv)
+    model.add_kv_prompts(tokens=config.kv_tokens, shared=config.shared_kv, init=config.kv_init)

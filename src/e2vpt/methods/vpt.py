@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from e2vpt.methods.base import MethodConfig, register_method
 
@@ -15,18 +15,20 @@ if TYPE_CHECKING:
 class VPTConfig(MethodConfig):
     """``tokens`` prompts after the prefix tokens; ``deep`` gives every block its own set.
 
-    ``dropout`` left as None means the paper's default: 0.1 for deep, 0.0 for shallow.
-    """
+    Prompt dropout defaults to 0.0 for shallow and deep alike, as the official VPT code
+    trains them."""
 
     name: ClassVar[str] = "vpt"
+    official_options: ClassVar[dict[str, Any]] = {"dropout": 0.0}
     tokens: int = 10  # prompt tokens per set
     deep: bool = False  # a prompt set per block (VPT-deep)
-    dropout: float | None = None  # prompt dropout; None: 0.1 deep, 0.0 shallow
+    dropout: float = 0.0  # prompt dropout (the official VPT code: 0.0)
     project: bool = False  # optional linear projection of the prompts (off in the paper)
 
-    def __post_init__(self) -> None:
-        if self.dropout is None:
-            self.dropout = 0.1 if self.deep else 0.0
+    @classmethod
+    def legacy_options(cls, values: dict[str, Any]) -> dict[str, Any]:
+        # before the official value became the default, VPT-deep dropped 10 % of prompts
+        return {"dropout": 0.1 if values.get("deep") else 0.0}
 
     @property
     def method_name(self) -> str:
@@ -38,7 +40,7 @@ def _apply_vpt(model: PromptedModel, config: VPTConfig) -> None:
     model.add_visual_prompts(
         tokens=config.tokens,
         deep=config.deep,
-        dropout=float(config.dropout or 0.0),
+        dropout=float(config.dropout),
         project=config.project,
     )
 

@@ -1,11 +1,14 @@
-"""Importance of every E²VPT mask entry: gradients of the training loss w.r.t. γ and μ.
+"""Importance of every E²VPT visual token and segment, over the training split.
 
-The masks are all ones, so switching them on leaves the model's outputs unchanged;
-their gradient says how much the loss leans on each token / segment."""
+Gradient scores differentiate the training loss w.r.t. the token mask γ and segment
+mask μ at their current values (ones, or as trained), where switching the masks on
+leaves the outputs unchanged. ``ablation`` measures each token's effect directly."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,30 +16,45 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from e2vpt.layers.prompts import VisualPrompts
+from e2vpt.layers.prompts import PRUNE_MODES, VisualPrompts
 from e2vpt.methods.base import ConfigError
 from e2vpt.model import PromptedViT
 
-SCORE_MODES = ("abs", "signed")
+# lower = pruned first, for every score
+SCORE_MODES = ("ablation", "official", "abs", "signed", "random")
+SCORE_DEFINITIONS = {
+    "ablation": "tokens: how much the mean training loss rises when the token is taken "
+    "out of every layer (removed, or zeroed in zero mode), measured exactly; segments: "
+    "mean −∂L/∂μ, the first-order estimate of the same",
+    "official": "mean over batches of ∂L/∂mask, lowest pruned first (the official E²VPT code)",
+    "abs": "mean over batches of |∂L/∂mask| (the E²VPT paper's formulation)",
+    "signed": "mean over batches of −∂L/∂mask: the first-order estimate of how much the "
+    "loss rises when the entry is removed (mask 1 → 0)",
+    "random": "uniform random scores from the run's seed (a control)",
+}
 
 
 @dataclass
 class ImportanceScores:
-    """Per-entry scores; lower means pruned first.
+    """Per-entry scores; lower means pruned first (see :data:`SCORE_DEFINITIONS`).
 
-    ``abs``: mean over batches of |∂L/∂γ| (the paper). ``signed``: mean over batches of
-    −∂L/∂γ, the first-order estimate of how much the loss rises when the entry is
-    removed (γ: 1 → 0), so that here too lower = safer to drop."""
+    A deep prompt reaches the other tokens only through each block's LayerNorm, which
+    is scale-invariant, so ∂L/∂γ of a token mask is zero up to the norm's eps: the
+    gradient scores (official, abs, signed) rank tokens almost arbitrarily. ``ablation``
+    measures each token's effect instead."""
 
     token: torch.Tensor  # (tokens,)
     segment: torch.Tensor  # (tokens, R)
     mode: str
     batches: int
     images: int
+    prune_mode: str = "remove"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
+            "definition": SCORE_DEFINITIONS[self.mode],
+            "prune_mode": self.prune_mode,
             "batches": self.batches,
             "images": self.images,
             "token": self.token.tolist(),
@@ -51,6 +69,7 @@ class ImportanceScores:
             mode=str(data["mode"]),
             batches=int(data["batches"]),
             images=int(data["images"]),
+            prune_mode=str(data.get("prune_mode", "remove")),
         )
 
 
@@ -76,53 +95,98 @@ def importance_scores(
     images: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int = 64,
-    mode: str = "abs",
+    mode: str = "ablation",
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    prune_mode: str = "remove",
+    seed: int = 0,
 ) -> ImportanceScores:
-    """Accumulate ∂L/∂γ and ∂L/∂μ (L: mean cross-entropy of one batch) over the batches
-    of ``images`` in order, with dropout off so the scores are deterministic."""
+    """Score every token and segment over the batches of ``images`` in order (L: a
+    batch's mean cross-entropy), dropout off so the scores are deterministic.
+    ``prune_mode`` says what pruning a token will mean (``ablation`` measures that)."""
     if mode not in SCORE_MODES:
         raise ConfigError(f"importance score must be one of {SCORE_MODES}, got {mode!r}")
+    if prune_mode not in PRUNE_MODES:
+        raise ConfigError(f"prune mode must be one of {PRUNE_MODES}, got {prune_mode!r}")
     prompts = prunable_prompts(model)
     if len(images) == 0:
         raise ConfigError("importance scores need at least one training image")
     device = torch.device(device)
-    was_training, was_active = model.training, prompts.masks_active
-    token_mask, segment_mask = prompts.token_mask, prompts.segment_mask
-    token_sum = torch.zeros(token_mask.shape, dtype=torch.float64)
-    segment_sum = torch.zeros(segment_mask.shape, dtype=torch.float64)
-    model.eval()
-    prompts.masks_active = True
-    token_mask.requires_grad_(True)
-    segment_mask.requires_grad_(True)
-    batches = 0
-    try:
+    n_batches = math.ceil(len(images) / batch_size)
+    if mode == "random":
+        generator = torch.Generator().manual_seed(seed)
+        token = torch.rand(prompts.token_mask.shape, generator=generator, dtype=torch.float64)
+        segment = torch.rand(prompts.segment_mask.shape, generator=generator, dtype=torch.float64)
+        return ImportanceScores(token, segment, mode, n_batches, len(images), prune_mode)
+
+    def batches() -> Any:
         starts = range(0, len(images), batch_size)
-        for start in tqdm(starts, disable=not progress, desc="importance", unit="batch"):
+        for start in tqdm(starts, disable=not progress, desc=f"importance ({mode})", leave=False):
             x = images[start : start + batch_size].to(device)
-            y = labels[start : start + batch_size].to(device)
             if prepare is not None:
                 x = prepare(x)
+            yield x, labels[start : start + batch_size].to(device)
+
+    was_training, was_active = model.training, prompts.masks_active
+    masks = (prompts.token_mask, prompts.segment_mask)
+    had_grad = [m.requires_grad for m in masks]
+    sums = [torch.zeros(m.shape, dtype=torch.float64) for m in masks]
+    base_loss = 0.0
+    model.eval()
+    prompts.masks_active = True
+    for m in masks:
+        m.requires_grad_(True)
+    try:
+        for x, y in batches():
             loss = F.cross_entropy(model(x).float(), y)
-            g_token, g_segment = torch.autograd.grad(loss, [token_mask, segment_mask])
-            if mode == "abs":
-                token_sum += g_token.abs().double().cpu()
-                segment_sum += g_segment.abs().double().cpu()
-            else:
-                token_sum -= g_token.double().cpu()
-                segment_sum -= g_segment.double().cpu()
-            batches += 1
+            grads = torch.autograd.grad(loss, list(masks))
+            base_loss += loss.item() * len(y)
+            for total, grad in zip(sums, grads, strict=True):
+                g = grad.double().cpu()
+                total += g.abs() if mode == "abs" else g if mode == "official" else -g
+        token, segment = (total / n_batches for total in sums)
+        if mode == "ablation":
+            token = _ablation(model, prompts, batches, prune_mode, base_loss, len(images))
     finally:
-        token_mask.requires_grad_(False)
-        segment_mask.requires_grad_(False)
+        for m, grad in zip(masks, had_grad, strict=True):
+            m.requires_grad_(grad)
         prompts.masks_active = was_active
         model.train(was_training)
-    return ImportanceScores(
-        token=token_sum / batches,
-        segment=segment_sum / batches,
-        mode=mode,
-        batches=batches,
-        images=len(images),
-    )
+    return ImportanceScores(token, segment, mode, n_batches, len(images), prune_mode)
+
+
+@torch.no_grad()
+def _ablation(
+    model: PromptedViT,
+    prompts: VisualPrompts,
+    batches: Callable[[], Any],
+    prune_mode: str,
+    base_loss: float,
+    count: int,
+) -> torch.Tensor:
+    """Rise of the mean training loss with each token taken out (left out of every
+    layer's sequence, or zeroed in ``zero`` mode), one forward pass per token."""
+    rises = torch.zeros(prompts.tokens, dtype=torch.float64)
+    for token in range(prompts.tokens):
+        if prune_mode == "remove":
+            context: Any = prompts.leaving_out(token)
+        else:
+            context = _zeroed(prompts, token)
+        with context:
+            loss = sum(
+                F.cross_entropy(model(x).float(), y, reduction="sum").item() for x, y in batches()
+            )
+        rises[token] = (loss - base_loss) / count
+    return rises
+
+
+@contextmanager
+def _zeroed(prompts: VisualPrompts, token: int) -> Iterator[None]:
+    """Token ``token`` as a zero vector in every layer for a moment (``zero`` mode)."""
+    saved = prompts.token_mask[token].clone()
+    prompts.token_mask.data[token] = 0.0
+    try:
+        yield
+    finally:
+        prompts.token_mask.data[token] = saved

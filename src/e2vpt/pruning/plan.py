@@ -55,6 +55,7 @@ class PruningPlan:
     segments: int
     kept_tokens: tuple[int, ...]  # original indices, ascending
     kept_segments: tuple[tuple[bool, ...], ...]  # per kept token, one flag per segment
+    mode: str = "remove"  # remove: pruned tokens leave the sequence | zero: they stay as zeros
 
     @property
     def label(self) -> str:
@@ -71,6 +72,7 @@ class PruningPlan:
             "segments": self.segments,
             "kept_tokens": list(self.kept_tokens),
             "kept_segments": [[int(b) for b in row] for row in self.kept_segments],
+            "mode": self.mode,
         }
 
     @classmethod
@@ -82,6 +84,7 @@ class PruningPlan:
             segments=int(data["segments"]),
             kept_tokens=tuple(int(i) for i in data["kept_tokens"]),
             kept_segments=tuple(tuple(bool(b) for b in row) for row in data["kept_segments"]),
+            mode=str(data.get("mode", "remove")),
         )
 
 
@@ -92,10 +95,14 @@ def _lowest(scores: torch.Tensor, count: int) -> set[int]:
 
 
 def make_plan(
-    scores: ImportanceScores, token_fraction: float, segment_fraction: float
+    scores: ImportanceScores,
+    token_fraction: float,
+    segment_fraction: float,
+    mode: str | None = None,
 ) -> PruningPlan:
     """Drop the lowest-scoring tokens, then within each kept token its lowest-scoring
-    segments (scores from one importance pass over the unpruned model)."""
+    segments (scores from one importance pass over the unpruned model). ``mode``: what
+    pruning a token means (None: what the scores were measured for)."""
     tokens, segments = scores.segment.shape
     check_fractions(token_fraction, segment_fraction, tokens, segments)
     dropped = _lowest(scores.token, pruned_count(token_fraction, tokens))
@@ -112,6 +119,7 @@ def make_plan(
         segments=segments,
         kept_tokens=kept_tokens,
         kept_segments=tuple(kept_segments),
+        mode=mode or scores.prune_mode,
     )
 
 
@@ -124,5 +132,21 @@ def apply_plan(model: PromptedViT, plan: PruningPlan) -> PromptedViT:
             f"the plan is for {plan.original_tokens} tokens × {plan.segments} segments but the "
             f"model has {prompts.tokens} × {prompts.mask_segments}"
         )
-    prompts.prune(torch.tensor(plan.kept_tokens), plan.segment_mask())
+    prompts.prune(torch.tensor(plan.kept_tokens), plan.segment_mask(), mode=plan.mode)
     return model
+
+
+def distinct_grid(
+    token_fractions: list[float], segment_fractions: list[float], tokens: int, segments: int
+) -> list[tuple[float, float]]:
+    """The (token, segment) fraction pairs that prune different counts: with few tokens
+    several fractions prune the same number (⌊0.1·5⌋ = ⌊0.15·5⌋ = 0); the first stays."""
+    seen: set[tuple[int, int]] = set()
+    grid = []
+    for t in token_fractions:
+        for s in segment_fractions:
+            counts = (pruned_count(t, tokens), pruned_count(s, segments))
+            if counts not in seen:
+                seen.add(counts)
+                grid.append((t, s))
+    return grid

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +25,28 @@ from e2vpt.checkpoint import (
     read_config,
 )
 from e2vpt.data import Task
+from e2vpt.layers.prompts import PRUNE_MODES
 from e2vpt.methods.base import ConfigError, method_config
-from e2vpt.pruning.importance import SCORE_MODES, ImportanceScores, importance_scores
-from e2vpt.pruning.plan import PruningPlan, apply_plan, check_fractions, make_plan
+from e2vpt.pruning.importance import (
+    SCORE_DEFINITIONS,
+    SCORE_MODES,
+    ImportanceScores,
+    importance_scores,
+)
+from e2vpt.pruning.plan import (
+    PruningPlan,
+    apply_plan,
+    check_fractions,
+    distinct_grid,
+    make_plan,
+)
 from e2vpt.pruning.report import plot_pruning, report_rows
+from e2vpt.recipes import PRUNE_CHOICES, check_recipe, resolve_choice
 from e2vpt.reporting import format_table, write_csv, write_json
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.trainer import (
-    data_settings,
     load_task_for,
+    model_data_settings,
     resolve_device,
     seed_everything,
     train,
@@ -46,21 +59,67 @@ REPORT_NAME = "pruning_report"
 
 @dataclass
 class PruneSettings:
-    token_fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
-    segment_fractions: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5])
-    score: str = "abs"  # abs (the paper: mean |∂L/∂mask|) | signed (mean −∂L/∂mask)
+    """What ``e2vpt prune`` does. Fields left at None take the recipe's value (the
+    run's own recipe unless ``recipe`` says otherwise)."""
+
+    token_fractions: list[float] | None = None  # None: the recipe's grid
+    segment_fractions: list[float] | None = None  # None: the recipe's grid
+    score: str | None = None  # ablation | official | abs | signed | random; None: recipe's
+    prune_mode: str | None = None  # remove | zero (kept as zero vectors); None: recipe's
+    recipe: str | None = None  # None: the run's own; must match the run's
     output_dir: str | None = None  # None: RUN_DIR/pruned
     epochs: int | None = None  # rewind epochs; None: the run's own (the papers' choice)
     device: str | None = None  # None: the run's own
     progress: bool = True
 
     def validate(self) -> None:
-        if self.score not in SCORE_MODES:
+        if self.recipe is not None:
+            check_recipe(self.recipe)
+        if self.score is not None and self.score not in SCORE_MODES:
             raise ConfigError(f"--score must be one of {SCORE_MODES}, got {self.score!r}")
-        if not self.token_fractions or not self.segment_fractions:
+        if self.prune_mode is not None and self.prune_mode not in PRUNE_MODES:
+            raise ConfigError(f"--prune-mode must be one of {PRUNE_MODES}, got {self.prune_mode!r}")
+        if self.token_fractions == [] or self.segment_fractions == []:
             raise ConfigError("the pruning grid needs at least one token and one segment fraction")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+
+    def resolve(self, run_recipe: str, flag_prefix: str = "--") -> ResolvedPruning:
+        # flags: --token-fractions … under `e2vpt prune`, --prune-token-fractions … under
+        # `e2vpt sweep` (flag_prefix "--prune-"); --prune-mode under both
+        """The grid, score and mode this pruning uses under the run's recipe; a value
+        the recipe contradicts, or a recipe other than the run's, is an error."""
+        self.validate()
+        recipe = self.recipe or run_recipe
+        if recipe != run_recipe:
+            raise ConfigError(
+                f"this run was trained with --recipe {run_recipe}; pruning rewinds it with its "
+                f"own recipe, so it cannot be pruned with --recipe {recipe}. Drop --recipe, "
+                f"or train the run with --recipe {recipe}"
+            )
+        values = {
+            name: resolve_choice(
+                recipe,
+                PRUNE_CHOICES[name],
+                getattr(self, name),
+                _flag(flag_prefix, name),
+            )
+            for name in ("token_fractions", "segment_fractions", "score", "prune_mode")
+        }
+        return ResolvedPruning(recipe=recipe, **values)
+
+
+def _flag(prefix: str, name: str) -> str:
+    return "--prune-mode" if name == "prune_mode" else prefix + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class ResolvedPruning:
+    recipe: str
+    token_fractions: list[float]
+    segment_fractions: list[float]
+    score: str
+    prune_mode: str
 
 
 @dataclass
@@ -90,7 +149,7 @@ def _run_config(run_dir: Path, meta: dict[str, Any]) -> TrainConfig:
             f"{run_dir} has no train_config.yaml, which rewinding needs (same data and "
             "hyper-parameters); prune a folder written by `e2vpt train`"
         )
-    return TrainConfig.from_yaml(path)
+    return TrainConfig.from_run_folder(run_dir)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -102,9 +161,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _load_importance(path: Path, mode: str, source_sha: str | None) -> ImportanceScores | None:
+def _load_importance(
+    path: Path, mode: str, prune_mode: str, source_sha: str | None
+) -> ImportanceScores | None:
     data = _read_json(path)
-    if data is None or data.get("mode") != mode or data.get("source_sha256") != source_sha:
+    if data is None or data.get("source_sha256") != source_sha:
+        return None
+    if (data.get("mode"), data.get("prune_mode", "remove")) != (mode, prune_mode):
         return None
     return ImportanceScores.from_dict(data)
 
@@ -142,11 +205,17 @@ def _copy_checkpoint(source: Path, target: Path) -> None:
 
 
 def _importance(
-    run_dir: Path, cfg: TrainConfig, task: Task, score: str, path: Path, source_sha: str | None
+    run_dir: Path,
+    cfg: TrainConfig,
+    task: Task,
+    pruning: ResolvedPruning,
+    path: Path,
+    source_sha: str | None,
 ) -> ImportanceScores:
     """The run's importance scores over its own training split (reused from ``path``
-    when they were computed for the same checkpoint and mode)."""
-    scores = _load_importance(path, score, source_sha)
+    when they were computed for the same checkpoint, score and prune mode)."""
+    score, prune_mode = pruning.score, pruning.prune_mode
+    scores = _load_importance(path, score, prune_mode, source_sha)
     if scores is not None:
         return scores
     print(f"importance ({score}) over {run_dir}'s training split", file=sys.stderr)
@@ -155,7 +224,7 @@ def _importance(
         model = load(run_dir).to(device)
     except CheckpointError as err:
         raise ConfigError(f"cannot load the run to prune: {err}") from err
-    _, normalizer = data_settings(model.backbone)
+    _, normalizer = model_data_settings(model)
     split = task.split(cfg.train_split)
     seed_everything(cfg.seed)
     scores = importance_scores(
@@ -167,6 +236,8 @@ def _importance(
         prepare=normalizer.to(device),
         device=device,
         progress=cfg.progress,
+        prune_mode=prune_mode,
+        seed=cfg.seed,
     )
     write_json(path, {**scores.to_dict(), "source_sha256": source_sha})
     return scores
@@ -223,27 +294,37 @@ def prune_fixed(
     segment_fraction: float,
     output_dir: str | Path,
     task: Task | None = None,
-    score: str = "abs",
-    progress: bool = True,
-    device: str | None = None,
+    settings: PruneSettings | None = None,
 ) -> dict[str, Any]:
     """Prune a run at fractions chosen elsewhere (a sweep's final seeds reuse the
     fractions its search picked on val): importance over the run's own training split,
-    rewind, retrain with the run's recipe. OUT is a normal run folder; resumable."""
+    rewind, retrain with the run's recipe. OUT is a normal run folder; resumable.
+    ``settings`` gives the score, prune mode and recipe (its grid is not used)."""
     run_dir, out = Path(run_dir), Path(output_dir)
-    if score not in SCORE_MODES:
-        raise ConfigError(f"score must be one of {SCORE_MODES}, got {score!r}")
-    meta, cfg = _prepare(run_dir, progress, device, None)
+    settings = settings or PruneSettings()
+    meta, cfg = _prepare(run_dir, settings.progress, settings.device, None)
+    pruning = settings.resolve(cfg.recipe)
     e2 = method_config("e2vpt", meta["method_config"])
     check_fractions(token_fraction, segment_fraction, e2.visual_tokens, e2.mask_segments)
     source_sha = meta.get("sha256")
     if task is None:
         task = load_task_for(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    scores = _importance(run_dir, cfg, task, score, out / IMPORTANCE_FILE, source_sha)
-    plan = make_plan(scores, token_fraction, segment_fraction)
+    scores = _importance(run_dir, cfg, task, pruning, out / IMPORTANCE_FILE, source_sha)
+    plan = make_plan(scores, token_fraction, segment_fraction, pruning.prune_mode)
     done = _load_point(out / POINT_FILE, plan, source_sha, cfg.epochs)
     return done if done is not None else _rewind_point(cfg, task, plan, out, source_sha)
+
+
+def resolved_grid(
+    pruning: ResolvedPruning, tokens: int, segments: int
+) -> list[tuple[float, float]]:
+    """The grid's (token, segment) fraction pairs that prune distinct counts, each
+    checked against the prompt geometry before any work."""
+    grid = distinct_grid(pruning.token_fractions, pruning.segment_fractions, tokens, segments)
+    for t, s in grid:
+        check_fractions(t, s, tokens, segments)
+    return grid
 
 
 def prune_run(
@@ -254,15 +335,14 @@ def prune_run(
     settings.validate()
     run_dir = Path(run_dir)
     meta, cfg = _prepare(run_dir, settings.progress, settings.device, settings.epochs)
+    pruning = settings.resolve(cfg.recipe)
     out = Path(settings.output_dir) if settings.output_dir else run_dir / "pruned"
     if out.resolve() == run_dir.resolve():
         raise ConfigError(
             "--output-dir must differ from the run folder (its checkpoint would be replaced)"
         )
     e2 = method_config("e2vpt", meta["method_config"])
-    grid = [(t, s) for t in settings.token_fractions for s in settings.segment_fractions]
-    for t, s in grid:  # every impossible fraction fails before any work
-        check_fractions(t, s, e2.visual_tokens, e2.mask_segments)
+    grid = resolved_grid(pruning, e2.visual_tokens, e2.mask_segments)
 
     source_sha = meta.get("sha256")
     if task is None:
@@ -274,12 +354,12 @@ def prune_run(
         )
 
     out.mkdir(parents=True, exist_ok=True)
-    scores = _importance(run_dir, cfg, task, settings.score, out / IMPORTANCE_FILE, source_sha)
+    scores = _importance(run_dir, cfg, task, pruning, out / IMPORTANCE_FILE, source_sha)
     log = sys.stderr
 
     points: list[dict[str, Any]] = []
     for index, (t, s) in enumerate(grid, start=1):
-        plan = make_plan(scores, t, s)
+        plan = make_plan(scores, t, s, pruning.prune_mode)
         point_dir = out / "grid" / plan.label
         done = _load_point(point_dir / POINT_FILE, plan, source_sha, cfg.epochs)
         if done is None:
@@ -300,8 +380,10 @@ def prune_run(
     summary = {
         "source_run": str(run_dir),
         "source_sha256": source_sha,
-        "score": settings.score,
-        "score_definition": ImportanceScores.__doc__,
+        "recipe": pruning.recipe,
+        "score": pruning.score,
+        "score_definition": SCORE_DEFINITIONS[pruning.score],
+        "prune_mode": pruning.prune_mode,
         "rewind_epochs": cfg.epochs,
         "selection": "best val top-1; ties → fewer prompt values kept",
         "selected": selected,
@@ -317,7 +399,9 @@ def prune_run(
         f"Selected on val: {selected['plan']['token_fraction']:g} of tokens and "
         f"{selected['plan']['segment_fraction']:g} of segments pruned "
         f"({selected['tokens_kept']} of {e2.visual_tokens} tokens kept). "
-        f"Importance: {settings.score}; rewind: {cfg.epochs} epochs from the original init.\n"
+        f"Recipe: {pruning.recipe}; importance: {pruning.score}; pruned tokens "
+        f"{'removed' if pruning.prune_mode == 'remove' else 'kept as zeros'}; rewind: "
+        f"{cfg.epochs} epochs from the original init.\n"
     )
     atomic_write_text(out / f"{REPORT_NAME}.md", text)
     plot_pruning(original, points, selected, out / "pruning_curve.png", title=str(run_dir))

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from e2vpt.checkpoint import atomic_write_text
 from e2vpt.data import TRAINVAL, Task
 from e2vpt.methods.base import ConfigError
-from e2vpt.pruning.importance import SCORE_MODES
+from e2vpt.pruning.search import PruneSettings, ResolvedPruning, prune_run
 from e2vpt.reporting import format_table, write_json
 from e2vpt.sweeps.ray_engine import RayEngine, RaySettings
 from e2vpt.sweeps.runner import Engine, InProcessEngine, ProcessPoolEngine, Trial, finished
@@ -55,9 +55,10 @@ class SweepSettings:
     task_name: str | None = None  # folder / report name; None: the task's own
     group: str | None = None  # report group; None: the task's own (VTAB group, fgvc, …)
     prune: bool = False  # E²VPT: also the pruned model (search on val, then pruned finals)
-    prune_token_fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
-    prune_segment_fractions: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5])
-    prune_score: str = "abs"
+    prune_token_fractions: list[float] | None = None  # None: the recipe's grid
+    prune_segment_fractions: list[float] | None = None  # None: the recipe's grid
+    prune_score: str | None = None  # None: the recipe's importance score
+    prune_mode: str | None = None  # remove | zero; None: the recipe's
     progress: bool = True
 
     def validate(self, cfg: TrainConfig) -> None:
@@ -73,8 +74,8 @@ class SweepSettings:
             raise ConfigError(f"--seeds repeats a seed: {self.seeds}")
         if self.prune and cfg.build_method_config().method_name != "e2vpt":
             raise ConfigError("--prune applies to --method e2vpt only")
-        if self.prune_score not in SCORE_MODES:
-            raise ConfigError(f"--prune-score must be one of {SCORE_MODES}")
+        if self.prune:
+            self.pruning(cfg)  # a pruning setting the recipe contradicts fails before any work
         if self.engine not in ("local", "ray"):
             raise ConfigError(f"unknown --engine {self.engine!r}; choose local or ray")
         if self.engine == "ray" and self.devices:
@@ -88,6 +89,19 @@ class SweepSettings:
             )
         if self.ray.asha_reduction_factor <= 1:
             raise ConfigError("--asha-reduction-factor must be > 1")
+
+    def prune_settings(self, output_dir: str | None = None) -> PruneSettings:
+        return PruneSettings(
+            token_fractions=self.prune_token_fractions,
+            segment_fractions=self.prune_segment_fractions,
+            score=self.prune_score,
+            prune_mode=self.prune_mode,
+            output_dir=output_dir,
+            progress=self.progress,
+        )
+
+    def pruning(self, cfg: TrainConfig) -> ResolvedPruning:
+        return self.prune_settings().resolve(cfg.recipe, flag_prefix="--prune-")
 
     def grid(self, optimizer: str) -> tuple[list[float], list[float]]:
         lrs = self.base_lrs or (ADAMW_BASE_LRS if optimizer == "adamw" else SPEC_BASE_LRS)
@@ -216,6 +230,7 @@ class Sweep:
         return trials
 
     def pruned_trials(self, finals: list[Trial], plan: dict[str, Any]) -> list[Trial]:
+        pruning = self.settings.pruning(self.cfg)
         return [
             Trial(
                 kind="final-pruned",
@@ -226,7 +241,8 @@ class Sweep:
                     "source": t.run_dir,
                     "token_fraction": plan["token_fraction"],
                     "segment_fraction": plan["segment_fraction"],
-                    "score": self.settings.prune_score,
+                    "score": pruning.score,
+                    "prune_mode": pruning.prune_mode,
                 },
                 extra=t.extra,
             )
@@ -265,17 +281,9 @@ class Sweep:
         finals = self.final_trials(selected)
         self._run(finals, "final seeds")
         if self.settings.prune:
-            from e2vpt.pruning.search import PruneSettings, prune_run
-
             report = prune_run(
                 selected["run_dir"],
-                PruneSettings(
-                    token_fractions=self.settings.prune_token_fractions,
-                    segment_fractions=self.settings.prune_segment_fractions,
-                    score=self.settings.prune_score,
-                    output_dir=str(self.root / "prune"),
-                    progress=self.settings.progress,
-                ),
+                self.settings.prune_settings(output_dir=str(self.root / "prune")),
                 task=self.task,
             )
             self.prune_search = {

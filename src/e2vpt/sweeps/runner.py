@@ -68,7 +68,7 @@ def run_trial(
 ) -> dict:
     """Run one trial and return its record (written to ``trial.json`` last, atomically).
     A diverged run is a result, not a crash: it is recorded and never selected."""
-    from e2vpt.pruning.search import prune_fixed
+    from e2vpt.pruning.search import PruneSettings, prune_fixed
     from e2vpt.training.trainer import train
 
     out = Path(trial.run_dir)
@@ -88,9 +88,12 @@ def run_trial(
                 trial.prune["segment_fraction"],
                 out,
                 task=task,
-                score=trial.prune["score"],
-                progress=bool(trial.config.get("progress", True)),
-                device=device,
+                settings=PruneSettings(
+                    score=trial.prune["score"],
+                    prune_mode=trial.prune.get("prune_mode"),
+                    progress=bool(trial.config.get("progress", True)),
+                    device=device,
+                ),
             )
             val, test, seconds = point["val_top1"], point["eval_top1"], point["train_seconds"]
             record["prompt_values"] = point["prompt_values"]

@@ -11,7 +11,26 @@ import yaml
 
 from e2vpt.backbones.demo import DEMO_BACKBONE
 from e2vpt.data.augment import AUGMENTATIONS
-from e2vpt.methods.base import ConfigError, MethodConfig, method_config
+from e2vpt.methods.base import ConfigError, MethodConfig, get_method, method_config
+from e2vpt.model import HEAD_INITS
+from e2vpt.recipes import (
+    AUTO,
+    TRAIN_CHOICES,
+    check_method_options,
+    check_recipe,
+    resolve_choice,
+)
+
+LR_SCHEDULE_UNITS = ("update", "epoch")
+# task: the task's protocol (ImageNet mean/std for VTAB-1k and FGVC, the backbone's own
+# statistics elsewhere); imagenet; backbone: the backbone's pretrained_cfg mean/std
+NORMALIZATIONS = ("task", "imagenet", "backbone")
+# how runs trained before recipes existed (their train_config.yaml has no `recipe`)
+LEGACY_TRAIN_FIELDS: dict[str, Any] = {
+    "lr_schedule_unit": "update",
+    "head_init": "trunc-normal",
+    "normalize": "backbone",
+}
 
 # Starting points for lr = base_lr × batch / 256 when none is given, per optimizer.
 # The papers grid-search base_lr per task (the sweep command does); these were
@@ -50,6 +69,7 @@ QUICKSTART: dict[str, Any] = {
 
 @dataclass
 class TrainConfig:
+    recipe: str = "default"  # default (e2vpt's) | official (exactly the official VPT/E²VPT code)
     backbone: str = DEMO_BACKBONE  # timm name, or the bundled demo backbone
     weights: str | None = None  # local weights file for the backbone (.npz/.pth/.safetensors)
     method: str = "e2vpt"  # linear | full | bias | vpt-shallow | vpt-deep | e2vpt
@@ -64,6 +84,9 @@ class TrainConfig:
     base_lr: float | None = None  # lr = base_lr × batch / 256; None: the method's default
     weight_decay: float = 1e-4  # L2 on everything tuned but the head bias
     warmup_epochs: int | None = None  # None: 10 % of epochs (the papers' 10 of 100)
+    lr_schedule_unit: str = AUTO  # auto (the recipe's) | update | epoch (official: per epoch)
+    head_init: str = AUTO  # auto (the recipe's) | kaiming (official) | trunc-normal (timm's)
+    normalize: str = AUTO  # auto (the recipe's) | task | imagenet (official) | backbone
     optimizer: str = "auto"  # auto (SGD; AdamW for full, as the papers) | sgd | adamw
     momentum: float = 0.9  # SGD momentum
     seed: int = 42  # init, shuffling and dropout
@@ -81,6 +104,18 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self) -> None:
+        check_recipe(self.recipe)
+        for name, allowed in (
+            ("lr_schedule_unit", LR_SCHEDULE_UNITS),
+            ("head_init", HEAD_INITS),
+            ("normalize", NORMALIZATIONS),
+        ):
+            value = getattr(self, name)
+            if value != AUTO and value not in allowed:
+                raise ConfigError(
+                    f"{name} must be auto or one of {', '.join(allowed)}, got {value!r}"
+                )
+            self.resolved(name)  # a value the chosen recipe contradicts fails here
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -105,7 +140,14 @@ class TrainConfig:
         self.build_method_config()
 
     def build_method_config(self) -> MethodConfig:
+        spec = get_method(self.method)
+        conflicts = spec.config_cls.official_conflicts(self.method_config or {})
+        check_method_options(self.recipe, spec.name, conflicts)
         return method_config(self.method, self.method_config)
+
+    def resolved(self, name: str) -> Any:
+        """A recipe-governed field's value: as given, or the recipe's when ``auto``."""
+        return resolve_choice(self.recipe, TRAIN_CHOICES[name], getattr(self, name))
 
     def resolved_optimizer(self) -> str:
         if self.optimizer != "auto":
@@ -136,13 +178,33 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path} must hold a mapping of config keys")
+        return cls.from_dict(_read_mapping(Path(path)))
+
+    @classmethod
+    def from_run_folder(cls, run_dir: str | Path) -> TrainConfig:
+        """The config a run folder was trained with. A run saved before recipes existed
+        is read the way it trained then (per-update schedule, timm's head init, the
+        backbone's statistics, and its method's options of the time)."""
+        values = _read_mapping(Path(run_dir) / "train_config.yaml")
+        if "recipe" not in values:
+            values = {**values, **LEGACY_TRAIN_FIELDS}
+            method = get_method(str(values.get("method", cls.method)))
+            options = dict(values.get("method_config") or {})
+            legacy = method.config_cls.legacy_options({**dict(method.fixed), **options})
+            values["method_config"] = {**legacy, **options}
         return cls.from_dict(values)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys")
+    return values

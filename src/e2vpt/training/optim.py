@@ -38,9 +38,15 @@ def build_optimizer(
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
 ) -> CosineLRScheduler:
-    """Stepped per update: warm-up for ``warmup_epochs``, cosine to 0 over the rest."""
-    warmup = cfg.resolved_warmup_epochs() * steps_per_epoch
-    total = cfg.epochs * steps_per_epoch
+    """Linear warm-up from 0 for ``warmup_epochs``, then cosine to 0 over the rest.
+
+    ``lr_schedule_unit`` ``update``: the lr changes every update (``step_update``).
+    ``epoch`` (the official code): ``step(e)`` at the start of epoch e sets e/W · lr
+    during warm-up, then 0.5·(1 + cos(π(e − W)/(T − W))) · lr, for the whole epoch."""
+    per_epoch = cfg.resolved("lr_schedule_unit") == "epoch"
+    unit = 1 if per_epoch else steps_per_epoch
+    warmup = cfg.resolved_warmup_epochs() * unit
+    total = cfg.epochs * unit
     return CosineLRScheduler(
         optimizer,
         t_initial=max(1, total - warmup),
@@ -48,5 +54,5 @@ def build_scheduler(
         warmup_t=warmup,
         warmup_lr_init=0.0,
         warmup_prefix=True,
-        t_in_epochs=False,
+        t_in_epochs=per_epoch,
     )

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.data import resolve_data_config
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_config
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -24,7 +24,7 @@ from e2vpt.accounting import count_parameters
 from e2vpt.backbones import create_backbone
 from e2vpt.checkpoint import atomic_write_text, save
 from e2vpt.data import Split, Task, load_task
-from e2vpt.data.augment import apply_augment
+from e2vpt.data.augment import augment_batch
 from e2vpt.model import PromptedModel, wrap
 from e2vpt.reporting import format_table, write_csv, write_json
 from e2vpt.training.config import TrainConfig
@@ -125,10 +125,34 @@ class Normalizer(nn.Module):
         return (x.float() - self.mean) / self.std
 
 
-def data_settings(backbone: nn.Module) -> tuple[int, Normalizer]:
+InputNorm = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def data_settings(backbone: nn.Module, norm: InputNorm | None = None) -> tuple[int, Normalizer]:
+    """The backbone's input size and a normaliser: with ``norm`` (mean, std), or the
+    backbone's own statistics."""
     cfg = resolve_data_config({}, model=backbone)
     size = int(cfg["input_size"][-1])
-    return size, Normalizer(tuple(cfg["mean"]), tuple(cfg["std"]), size)
+    mean, std = norm if norm is not None else (tuple(cfg["mean"]), tuple(cfg["std"]))
+    return size, Normalizer(tuple(mean), tuple(std), size)
+
+
+def input_norm(normalize: str, backbone: nn.Module, task: Task) -> InputNorm:
+    """(mean, std) for a run: ``imagenet``, ``backbone`` (its pretrained statistics) or
+    ``task`` (the task's protocol: ImageNet for VTAB-1k and FGVC, else the backbone's)."""
+    if normalize == "task":
+        normalize = task.normalization
+    if normalize == "imagenet":
+        return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+    cfg = resolve_data_config({}, model=backbone)
+    return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+
+
+def model_data_settings(model: PromptedModel) -> tuple[int, Normalizer]:
+    """Input size and normaliser a trained model expects: the statistics it was trained
+    with (stored in its checkpoint), else its backbone's own (runs saved before e2vpt
+    recorded them trained with those)."""
+    return data_settings(model.backbone, model.input_norm)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
@@ -254,10 +278,11 @@ def _train(
     device = ddp.device(resolve_device(cfg.device))
     seed_everything(cfg.seed)
     backbone = create_backbone(cfg.backbone, weights=cfg.weights)
-    image_size, normalizer = data_settings(backbone)
-    normalizer = normalizer.to(device)
+    image_size, _ = data_settings(backbone)
     if task is None:
         task = _load_task(cfg, image_size)
+    norm = input_norm(cfg.resolved("normalize"), backbone, task)
+    normalizer = data_settings(backbone, norm)[1].to(device)
     train_split = task.split(cfg.train_split)
     val_split = (
         task.split(cfg.val_split) if cfg.val_split and task.has_split(cfg.val_split) else None
@@ -276,7 +301,14 @@ def _train(
     }
 
     seed_everything(cfg.seed)
-    model = wrap(backbone, method_cfg, task.num_classes, global_pool=cfg.global_pool)
+    model = wrap(
+        backbone,
+        method_cfg,
+        task.num_classes,
+        global_pool=cfg.global_pool,
+        head_init=cfg.resolved("head_init"),
+    )
+    model.input_norm = norm
     if customize is not None:
         customize(model)
     model = model.to(device)
@@ -314,6 +346,7 @@ def _train(
 
     optimizer = build_optimizer(trainable, cfg, cfg.resolved_optimizer(), device)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    per_epoch = cfg.resolved("lr_schedule_unit") == "epoch"
     stepped: nn.Module = trainable
     if ddp.enabled:
         ddp_class = nn.parallel.DistributedDataParallel
@@ -341,15 +374,20 @@ def _train(
     for epoch in range(cfg.epochs):
         trainable.train()
         epoch_start = time.perf_counter()
+        if per_epoch:  # the official schedule: one lr for the whole epoch
+            scheduler.step(epoch)
         # running sums stay on the device: no host sync per step, so on a GPU the next
         # batch is prepared while this one computes
         loss_total = torch.zeros((), dtype=torch.float64, device=device)
         correct_total = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
         for step, idx in enumerate(batches(len(train_split), cfg.batch_size, generator)):
-            x = inputs[cfg.train_split][idx]
-            if not cached:  # the global batch, so every rank's generator stays in step
-                x = apply_augment(augment, x, generator, image_size)
+            if cached:
+                x = inputs[cfg.train_split][idx]
+            else:  # the global batch, so every rank's generator stays in step
+                x = augment_batch(
+                    augment, inputs[cfg.train_split], train_split.crops, idx, generator, image_size
+                )
             x, y = ddp.shard(x), ddp.shard(labels[idx])
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
@@ -364,7 +402,8 @@ def _train(
             loss.backward()
             optimizer.step()
             update += 1
-            scheduler.step_update(update)
+            if not per_epoch:
+                scheduler.step_update(update)
             loss_total += local_loss.detach()
             correct_total += (logits.detach().argmax(-1) == y).sum()
             seen += len(y)
