@@ -35,26 +35,21 @@ from e2vpt.reporting import format_table, write_csv, write_json
 BACKBONES = {"demo": "demo_vit_cifar10", "vit-b16": "vit_base_patch16_224"}
 
 
-def prune(model: e2vpt.PromptedViT, token_fraction: float, segment_fraction: float) -> None:
-    """Prune by random scores: which tokens go does not change the cost."""
+def prune(
+    model: e2vpt.PromptedViT, token_fraction: float, segment_fraction: float, mode: str = "remove"
+) -> None:
+    """Prune by random scores: which tokens go does not change the cost. ``zero``: the
+    official code's pruning, dropped tokens kept in the sequence as zeros."""
     prompts = model.visual_prompts
     gen = torch.Generator().manual_seed(0)
     scores = ImportanceScores(
         torch.rand(prompts.tokens, generator=gen),
         torch.rand(prompts.tokens, prompts.mask_segments, generator=gen),
-        "abs",
+        "random",
         1,
         1,
     )
-    apply_plan(model, make_plan(scores, token_fraction, segment_fraction))
-
-
-def mask_only(model: e2vpt.PromptedViT, token_fraction: float) -> None:
-    """The official code's pruning: zero the dropped tokens, keep them in the sequence."""
-    prompts = model.visual_prompts
-    dropped = int(token_fraction * prompts.tokens)
-    prompts.masks_active = True
-    prompts.token_mask[:dropped] = 0
+    apply_plan(model, make_plan(scores, token_fraction, segment_fraction, mode))
 
 
 def variants(tokens: int, fraction: float) -> list[tuple[str, e2vpt.MethodConfig, Callable]]:
@@ -65,7 +60,7 @@ def variants(tokens: int, fraction: float) -> list[tuple[str, e2vpt.MethodConfig
         ("backbone + head (linear)", e2vpt.LinearConfig(), lambda m: None),
         (f"vpt-deep p={tokens}", e2vpt.VPTConfig(tokens=tokens, deep=True), lambda m: None),
         (f"e2vpt p={tokens} m={kv}", e2, lambda m: None),
-        (f"e2vpt, {pct} tokens masked (official)", e2, lambda m: mask_only(m, fraction)),
+        (f"e2vpt, {pct} tokens masked (official)", e2, lambda m: prune(m, fraction, 0.0, "zero")),
         (f"e2vpt, {pct} tokens pruned", e2, lambda m: prune(m, fraction, 0.0)),
         (f"e2vpt, {pct} tokens + 50% segments pruned", e2, lambda m: prune(m, fraction, 0.5)),
     ]

@@ -11,6 +11,7 @@ from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from e2vpt.errors import ConfigError
 from e2vpt.layers.class_token_block import class_token_block_forward, supports_class_token_block
 from e2vpt.layers.kv_attention import add_kv_prompts
 from e2vpt.layers.prompts import VisualPrompts
@@ -20,7 +21,7 @@ from e2vpt.layers.swin_prompts import (
     prompt_attention_of,
     prompted_block_forward,
 )
-from e2vpt.methods.base import ConfigError, MethodConfig, get_method
+from e2vpt.methods.base import MethodConfig, get_method
 
 
 def backbone_name_of(backbone: nn.Module) -> str | None:

@@ -101,8 +101,10 @@ PRUNE_CHOICES: dict[str, Choice] = {
             DEFAULT_SCORE,
             "signed mean of ∂L/∂mask over the training batches (masks trained), "
             "lowest pruned first",
-            "measured: the official token score carries almost no information "
-            "(LayerNorm is scale-invariant); ablation keeps the most accuracy",
+            "measured: the official token scores are ~1e-5 of a token's effect "
+            "(LayerNorm is scale-invariant); pruning half the tokens by ablation kept "
+            "43.6 % of 44.0 % before retraining (official 42.2 %, random 38.6 %); "
+            "after rewinding all scores tie",
         ),
         Choice(
             "token_fractions",

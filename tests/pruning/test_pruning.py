@@ -221,3 +221,133 @@ def test_pruning_needs_an_unpruned_e2vpt_model() -> None:
     apply_plan(model, plan)
     with pytest.raises(e2vpt.ConfigError, match="already pruned"):
         apply_plan(model, plan)
+
+
+def layer_norm_eps_model(eps: float) -> e2vpt.PromptedViT:
+    """A float64 tiny E²VPT model (class-token pooling) with every LayerNorm's eps set."""
+    model = trained_e2vpt().double()
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.eps = eps
+    return model
+
+
+def test_gradient_token_scores_vanish_with_the_layer_norm_eps() -> None:
+    """A deep prompt reaches the other tokens only through LayerNorm, which is
+    scale-invariant, so ∂L/∂γ is zero up to the norm's eps; segment masks and the loss
+    rise when a token is taken out (ablation) do not vanish."""
+    torch.manual_seed(3)
+    x, y = torch.randn(8, 3, 32, 32, dtype=torch.float64), torch.randint(0, 5, (8,))
+    token, segment, ablation = [], [], []
+    for eps in (1e-4, 1e-6, 1e-8):
+        model = layer_norm_eps_model(eps)
+        scores = importance_scores(model, x, y, batch_size=8, mode="abs")
+        token.append(scores.token.abs().max().item())
+        segment.append(scores.segment.abs().max().item())
+        ablation.append(importance_scores(model, x, y, mode="ablation").token.abs().max().item())
+    # token scores fall with eps (by ~eps / variance), the others stay put
+    assert token[1] < token[0] / 20 and token[2] < token[1] / 20
+    assert token[2] < 1e-5 * min(segment)
+    assert min(segment) > 0.1 * max(segment) and min(segment) > 1e-4
+    assert min(ablation) > 0.5 * max(ablation) and min(ablation) > 1e-4
+
+
+def test_ablation_scores_are_the_measured_loss_rise(images: torch.Tensor) -> None:
+    model = trained_e2vpt()
+    y = torch.tensor([0, 1, 2, 3])
+    scores = importance_scores(model, images, y, batch_size=3, mode="ablation")
+    with torch.no_grad():
+        base = F.cross_entropy(model(images), y).item()
+        for token in range(TOKENS):
+            kept = [t for t in range(TOKENS) if t != token]
+            smaller = copy.deepcopy(model)
+            smaller.visual_prompts.prune(torch.tensor(kept), torch.ones(len(kept), SEGMENTS))
+            rise = F.cross_entropy(smaller(images), y).item() - base
+            assert scores.token[token].item() == pytest.approx(rise, rel=1e-4, abs=1e-6)
+    zero = importance_scores(model, images, y, mode="ablation", prune_mode="zero")
+    assert zero.prune_mode == "zero" and not torch.allclose(zero.token, scores.token)
+    assert not model.visual_prompts.masks_active  # left as it was
+
+
+def test_random_scores_follow_the_seed() -> None:
+    model = trained_e2vpt()
+    x, y = torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)
+    a = importance_scores(model, x, y, mode="random", seed=1)
+    b = importance_scores(model, x, y, mode="random", seed=1)
+    c = importance_scores(model, x, y, mode="random", seed=2)
+    assert torch.equal(a.token, b.token) and not torch.equal(a.token, c.token)
+
+
+def test_official_scores_are_the_signed_gradient_lowest_first() -> None:
+    model = trained_e2vpt()
+    torch.manual_seed(5)
+    x, y = torch.randn(10, 3, 32, 32), torch.randint(0, 5, (10,))
+    _, _, signed_g, signed_m = reference_importance(model, x, y, batch_size=4)
+    official = importance_scores(model, x, y, batch_size=4, mode="official")
+    torch.testing.assert_close(official.token, -signed_g.double(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(official.segment, -signed_m.double(), rtol=1e-5, atol=1e-7)
+
+
+def test_zero_mode_keeps_pruned_tokens_as_zeros_in_every_block(
+    tmp_path: Path, images: torch.Tensor
+) -> None:
+    model = trained_e2vpt()
+    reference = copy.deepcopy(model)
+    seen: list[int] = []
+    for block in model.backbone.blocks:
+        block.norm1.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+    plan = make_plan(scores([0.3, 0.1, 0.5, 0.2]), 0.5, 0.25, mode="zero")
+    apply_plan(model, plan)
+    got = logits(model, images)
+    assert seen == [1 + TOKENS + 16] * 3  # every token still in the sequence
+    prompts = model.visual_prompts
+    assert prompts.tokens == TOKENS and prompts.kept_tokens.tolist() == [0, 2]
+    assert torch.all(prompts.prompts[:, [1, 3]] == 0)
+    # the same as zeroing those tokens (and the dropped segments) by hand
+    with torch.no_grad():
+        ref_prompts = reference.visual_prompts
+        ref_prompts.masks_active = True
+        ref_prompts.token_mask[[1, 3]] = 0
+        ref_prompts.segment_mask[[0, 2]] = plan.segment_mask().float()
+    assert torch.equal(got, logits(reference, images))
+    e2vpt.save(model, tmp_path / "zero")
+    loaded = e2vpt.load(tmp_path / "zero", backbone=make_tiny_vit())
+    assert loaded.visual_prompts.prune_mode == "zero"
+    assert torch.equal(logits(loaded, images), got)
+    from safetensors.torch import load_file
+
+    stored = load_file(str(tmp_path / "zero" / TENSORS_FILE))
+    assert stored["visual_prompts.prompt_values"].numel() == 3 * 2 * 12 * 4
+
+
+def test_pruning_bakes_trained_masks_into_the_surviving_values(images: torch.Tensor) -> None:
+    model = e2vpt.wrap(make_tiny_vit(), e2vpt.E2VPTConfig(visual_tokens=TOKENS, kv_tokens=2), 5)
+    prompts = model.visual_prompts
+    assert prompts.masks_trained
+    with torch.no_grad():
+        prompts.token_mask.mul_(torch.tensor([0.5, 2.0, 1.5, 0.7]))
+        prompts.segment_mask.uniform_(0.5, 1.5)
+    before = logits(model, images)
+    prompts.prune(torch.arange(TOKENS), torch.ones(TOKENS, SEGMENTS, dtype=torch.bool))
+    assert not prompts.masks_trained and not prompts.token_mask.requires_grad
+    torch.testing.assert_close(logits(model, images), before, rtol=0, atol=1e-5)
+
+
+def test_checkpoints_saved_before_the_official_defaults_load_as_they_were(
+    tmp_path: Path, images: torch.Tensor
+) -> None:
+    import json
+
+    model = trained_e2vpt()  # contiguous segments, fixed masks: how e2vpt pruned before
+    apply_plan(model, make_plan(scores([0.3, 0.1, 0.5, 0.2]), 0.5, 0.25))
+    e2vpt.save(model, tmp_path / "old")
+    path = tmp_path / "old" / "adapter.json"
+    meta = json.loads(path.read_text())
+    for key in ("kv_init", "segment_layout", "train_masks"):
+        del meta["method_config"][key]  # options that did not exist yet
+    del meta["pruning"]["mode"], meta["input_norm"]
+    path.write_text(json.dumps(meta))
+    loaded = e2vpt.load(tmp_path / "old", backbone=make_tiny_vit())
+    assert loaded.method_config.segment_layout == "contiguous"
+    assert loaded.visual_prompts.prune_mode == "remove"
+    assert torch.equal(logits(loaded, images), logits(model, images))

@@ -148,3 +148,69 @@ def test_bad_prune_requests_fail_before_any_work(
     no_val = Task(tiny_task.name, tiny_task.classes, {"train": tiny_task.splits["train"]})
     with pytest.raises(e2vpt.ConfigError, match="add a val/ folder"):
         prune_run(trained_run, PruneSettings(output_dir=str(out), **GRID), no_val)
+
+
+def test_the_official_grid_is_72_rewinds_for_10_tokens_and_distinct_for_fewer() -> None:
+    from e2vpt.pruning.search import ResolvedPruning, resolved_grid
+    from e2vpt.recipes import OFFICIAL_SEGMENT_FRACTIONS, OFFICIAL_TOKEN_FRACTIONS
+
+    official = PruneSettings().resolve("official")
+    assert official == ResolvedPruning(
+        "official", OFFICIAL_TOKEN_FRACTIONS, OFFICIAL_SEGMENT_FRACTIONS, "official", "zero"
+    )
+    grid = resolved_grid(official, tokens=10, segments=16)
+    assert len(grid) == 72
+    pruned_segments = sorted({round(s * 16) for _, s in grid})
+    assert pruned_segments == [1, 3, 4, 6, 8, 9, 11, 12]
+    assert sorted({round(t * 10) for t, _ in grid}) == list(range(1, 10))
+    # 5 tokens (FGVC): ⌊0.1·5⌋ = 0 … ⌊0.9·5⌋ = 4 pruned, each count once
+    assert len(resolved_grid(official, tokens=5, segments=16)) == 5 * 8
+    default = PruneSettings().resolve("default")
+    assert (default.score, default.prune_mode) == ("ablation", "remove")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(recipe="official"), "trained with --recipe default; .* cannot be pruned"),
+        (dict(prune_mode="remove"), "drop --prune-mode or use --recipe default"),
+        (dict(score="abs"), "drop --score or use --recipe default"),
+        (dict(token_fractions=[0.5]), "drop --token-fractions or use --recipe default"),
+    ],
+)
+def test_pruning_settings_a_recipe_cannot_honour_fail_first(settings: dict, message: str) -> None:
+    run_recipe = "default" if "recipe" in settings else "official"
+    with pytest.raises(e2vpt.ConfigError, match=message):
+        PruneSettings(**settings).resolve(run_recipe)
+
+
+def test_prune_cli_refuses_another_recipe_than_the_runs(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pruned"
+    code = main(
+        ["prune", "--from", str(trained_run), "--recipe", "official", "--output-dir", str(out)]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--recipe official" in err[0]
+    assert not out.exists()
+
+
+def test_sweep_refuses_an_official_pruning_it_cannot_honour(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "sweep",
+            "--recipe",
+            "official",
+            "--prune",
+            "--prune-token-fractions",
+            "0.5",
+            "--output-dir",
+            str(tmp_path / "sweeps"),
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "drop --prune-token-fractions or use --recipe default" in err[-1]
+    assert not (tmp_path / "sweeps").exists()

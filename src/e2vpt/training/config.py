@@ -57,12 +57,15 @@ DEFAULT_BASE_LR = {
 
 # `e2vpt train` with no arguments: the defaults below (the papers' schedule) plus these,
 # sized to finish in minutes on two CPU cores. AdamW because on the small demo backbone
-# it needs no per-task lr search, unlike the papers' SGD recipe.
+# it needs no per-task lr search, unlike the papers' SGD recipe; timm's small head init
+# because with AdamW for 15 epochs the official head (std √(2/C), logits of ~8 on the
+# demo's features) cost 5 test points here (README: Recipes).
 QUICKSTART: dict[str, Any] = {
     "optimizer": "adamw",
     "epochs": 15,
     "batch_size": 32,
     "base_lr": 0.08,
+    "head_init": "trunc-normal",
     "compare_linear": True,
 }
 

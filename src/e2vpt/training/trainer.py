@@ -328,7 +328,7 @@ def _train(
     if cached:
         # The frozen backbone runs once per image; the head then trains on features.
         model.eval()
-        key = (cfg.backbone, cfg.weights, cfg.global_pool, cfg.precision, task.name, id(task))
+        key = (cfg.backbone, cfg.weights, cfg.global_pool, cfg.precision, norm, task.name, id(task))
         cache = feature_cache if feature_cache is not None else {}
         features = cache.setdefault(key, {})
         for name, s in used.items():
