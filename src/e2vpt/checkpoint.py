@@ -55,6 +55,27 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def check_writable(directory: Path) -> None:
+    """Fail early, and without leaving anything behind, when ``directory`` cannot be
+    created or written: its nearest existing ancestor must be a folder that takes a file."""
+    target = directory.resolve()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(
+            f"cannot write the run folder {directory}: {existing} is a file; choose another "
+            "--output-dir"
+        )
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".e2vpt-write-check.", dir=existing)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write the run folder {directory} ({existing}: {err.strerror}); choose "
+            "another --output-dir"
+        ) from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
 SPARSE_PREFIX = "visual_prompts."
 
 

@@ -191,3 +191,71 @@ def test_sweep_and_report_from_the_command_line(
     assert main([*missing, "--output-dir", str(tmp_path / "other")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def _tree(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime for p in root.rglob("*")}
+
+
+BAD_INVOCATIONS = [
+    (["train", "--device", "gpu"], "unknown device 'gpu'"),
+    (["train", "--device", "cuda:99"], "--device cuda:99"),
+    (["train", "--momentum", "-1"], "momentum must be in [0, 1)"),
+    (["train", "--epochs", "0"], "epochs must be >= 1"),
+    (["train", "--recipe", "papers"], "unknown recipe 'papers'"),
+    (["train", "--output-dir", "a_file/run"], "a_file is a file"),
+    (["train", "--output-dir", "/proc/e2vpt-run"], "cannot write the run folder"),
+    (["train", "--data", "no_such_folder", "--output-dir", "r"], "no_such_folder does not exist"),
+    (["train", "--method", "vpt-deep", "--kv-tokens", "3"], "does not apply to method"),
+    (["eval", "no_such_run"], "not an e2vpt checkpoint folder"),
+    (["prune", "--from", "no_such_run"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_INVOCATIONS, ids=lambda v: str(v))
+def test_bad_invocations_fail_in_one_line_and_touch_nothing(
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("not a folder")
+    before = _tree(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"e2vpt {argv[0]}: error: ")
+    assert message in err[0]
+    assert _tree(tmp_path) == before  # nothing new, nothing changed
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("e2vpt ")
+
+
+def test_ctrl_c_stops_with_a_message_and_exit_code_130(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "e2vpt", "train", "--epochs", "50", "--output-dir", "run"],
+        cwd=tmp_path,
+        env={**__import__("os").environ, "PYTHONPATH": str(repo / "src")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "train_config.yaml").exists():  # training has begun
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "e2vpt train: interrupted." in err and "Traceback" not in err

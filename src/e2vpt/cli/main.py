@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from e2vpt import __version__
 from e2vpt.backbones import DEMO_BACKBONE, BackboneError, canonical_name, create_backbone
 from e2vpt.checkpoint import CheckpointError, load, read_config
 from e2vpt.data import DataError, load_task
@@ -44,6 +45,18 @@ USER_ERRORS = (
     FloatingPointError,
     SweepError,
 )
+
+
+# what an interrupted command leaves behind, and how to go on
+INTERRUPTED = {
+    "train": "Files written so far are complete (each is written whole), but a run folder "
+    "without adapter.json holds no checkpoint; rerun the command to train again.",
+    "sweep": "Finished trials are kept; rerun the same command to resume the sweep.",
+    "prune": "Finished grid points are kept; rerun the same command to resume.",
+    "eval": "Nothing was written.",
+    "report": "Rerun the command to write the report.",
+    "info": "Nothing was written.",
+}
 
 
 def _flag(name: str) -> str:
@@ -216,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="e2vpt",
         description="Prompt tuning (VPT, E²VPT) for pretrained vision transformers.",
     )
+    parser.add_argument("--version", action="version", version=f"e2vpt {__version__}")
     sub = parser.add_subparsers(dest="command")
 
     train = sub.add_parser(
@@ -438,10 +452,12 @@ def _train_and_report(cfg: TrainConfig) -> int:
     from e2vpt.training.trainer import (
         linear_probe_search,
         load_task_for,
+        preflight,
         results_table,
         train,
     )
 
+    preflight(cfg)
     method_cfg = cfg.build_method_config()
     print(
         f"e2vpt train: {method_cfg.method_name} on {cfg.data} with backbone {cfg.backbone}"
@@ -690,6 +706,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"e2vpt {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ne2vpt {args.command}: interrupted. {INTERRUPTED[args.command]}", file=sys.stderr)
+        return 130
     parser.print_help()
     return 0
 

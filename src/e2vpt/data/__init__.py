@@ -92,6 +92,30 @@ def load_image_folder(root: str | Path, image_size: int, progress: bool = True) 
     return task
 
 
+def check_task_spec(spec: str) -> None:
+    """The cheap part of :func:`load_task`'s checks (a known built-in name, a folder that
+    exists), so a mistyped ``--data`` fails before any backbone or image is loaded."""
+    if spec.startswith(BUILTIN_PREFIX):
+        if spec.removeprefix(BUILTIN_PREFIX) not in GENERATORS:
+            raise DataError(
+                f"unknown built-in task {spec!r}; choose one of {', '.join(builtin_tasks())}"
+            )
+        return
+    folder = spec
+    for prefix in (VTAB_PREFIX, FGVC_PREFIX):
+        folder = folder.removeprefix(prefix)
+    if match := CIFAR_LT.match(spec):
+        folder = match[2]
+    elif spec.startswith("cifar100-lt"):
+        load_task(spec, 1)  # its own message for a malformed name
+    if not Path(folder).is_dir():
+        raise DataError(
+            f"data folder {folder} does not exist; give a folder with train/<class>/ images, "
+            f"vtab:<root>/<task>, fgvc:<folder>, cifar100-lt<ρ>:<folder> or a built-in task "
+            f"({', '.join(builtin_tasks())})"
+        )
+
+
 def load_task(spec: str, image_size: int, seed: int = 0, progress: bool = True) -> Task:
     """The task a ``data`` string names (see the module docstring)."""
     if spec.startswith(BUILTIN_PREFIX):
@@ -116,5 +140,6 @@ __all__ = [
     "Split",
     "Task",
     "builtin_tasks",
+    "check_task_spec",
     "load_task",
 ]

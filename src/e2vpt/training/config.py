@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from e2vpt.backbones.demo import DEMO_BACKBONE
@@ -130,6 +131,9 @@ class TrainConfig:
             )
         if self.base_lr is not None and self.base_lr <= 0:
             raise ConfigError(f"base_lr must be > 0, got {self.base_lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        parse_device(self.device)
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.augment != "auto" and self.augment not in AUGMENTATIONS:
@@ -199,6 +203,19 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def parse_device(name: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` (… any name torch knows) as a device;
+    a name torch does not know is a clear error. ``auto`` is the CPU here."""
+    if name == "auto":
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"unknown device {name!r}; use auto, cpu, cuda or cuda:N (e.g. cuda:0)"
+        ) from None
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:

@@ -22,12 +22,13 @@ from tqdm.auto import tqdm
 
 from e2vpt.accounting import count_parameters
 from e2vpt.backbones import create_backbone
-from e2vpt.checkpoint import atomic_write_text, save
-from e2vpt.data import Split, Task, load_task
+from e2vpt.checkpoint import atomic_write_text, check_writable, save
+from e2vpt.data import Split, Task, check_task_spec, load_task
 from e2vpt.data.augment import augment_batch
+from e2vpt.errors import ConfigError
 from e2vpt.model import PromptedModel, wrap
 from e2vpt.reporting import format_table, write_csv, write_json
-from e2vpt.training.config import TrainConfig
+from e2vpt.training.config import TrainConfig, parse_device
 from e2vpt.training.distributed import Distributed
 from e2vpt.training.optim import build_optimizer, build_scheduler
 
@@ -83,6 +84,17 @@ def on_device_if_it_fits(images: torch.Tensor, device: torch.device) -> torch.Te
     return images.to(device)
 
 
+def preflight(cfg: TrainConfig, data: bool = True) -> None:
+    """Every check that needs no decoded data or weights, so a mistake costs nothing: the
+    config, the device, the ``data`` name (unless the task comes ready-made) and a run
+    folder that can be written."""
+    cfg.validate()
+    resolve_device(cfg.device)
+    if data:
+        check_task_spec(cfg.data)
+    check_writable(Path(cfg.output_dir))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -90,11 +102,21 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device a run uses; one that does not exist here is a clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for but CUDA is not available; use --device cpu")
+    device = parse_device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"--device {name}: CUDA is not available on this machine; use --device cpu "
+                "(or auto)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s), cuda:0 … cuda:{torch.cuda.device_count() - 1}"
+            )
     return device
 
 
@@ -232,7 +254,7 @@ def train(
 
     Under torchrun it trains data-parallel (see :mod:`e2vpt.training.distributed`):
     ``cfg.batch_size`` is the global batch and only rank 0 writes the run folder."""
-    cfg.validate()
+    preflight(cfg, data=task is None)
     method_cfg = cfg.build_method_config()
     ddp = Distributed.from_env(cfg.device)
     try:
