@@ -124,6 +124,11 @@ def test_train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["eval", str(run)]) == 0
     out = capsys.readouterr().out
     assert f"{100 * results['eval_top1']:.2f}" in out
+    # results are named by dataset and split; another split does not replace them
+    written = run / "eval_builtin-position_test.json"
+    assert json.loads(written.read_text())["top-1 %"] == round(100 * results["eval_top1"], 2)
+    assert main(["eval", str(run), "--split", "val"]) == 0
+    assert written.is_file() and (run / "eval_builtin-position_val.json").is_file()
     # a checkpoint for 9 classes cannot be evaluated on an 8-class task
     assert main(["eval", str(run), "--data", "builtin:orientation"]) == 2
     assert "9-class head" in capsys.readouterr().err

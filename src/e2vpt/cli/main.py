@@ -583,8 +583,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "top-1 %": round(100 * acc, 2),
     }
     print(format_table([row]))
-    write_json(args.run_dir / f"eval_{args.split}.json", row)
+    # named by dataset and split: evaluating on other data never replaces a result
+    path = args.run_dir / f"eval_{_slug(data)}_{args.split}.json"
+    write_json(path, row)
+    print(f"\nwritten: {path}")
     return 0
+
+
+def _slug(text: str) -> str:
+    """A file-name-safe, readable form of a ``--data`` value (its last 80 characters)."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[-80:] or "data"
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
