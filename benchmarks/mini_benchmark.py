@@ -181,7 +181,11 @@ def main() -> int:
     sweeps_dir = args.out / "sweeps"
     if not args.report_only:
         if not args.source.is_dir():
-            print(f"data source {args.source} not found (SPEC §5: ../shared/data)", file=sys.stderr)
+            print(
+                f"data source {args.source} not found (the project machines' "
+                "../shared/data; pass --source)",
+                file=sys.stderr,
+            )
             return 2
         prepare(args.source, data_dir)
         for task in args.tasks:
