@@ -142,3 +142,24 @@ def test_plot_scores_every_method_on_the_same_tasks(runs: Path) -> None:
     points, label = plot_points(complete)
     assert label == HEADLINE
     assert dict((m, y) for m, _, y in points)["a"] == pytest.approx(complete.rows[0][HEADLINE])
+
+
+def test_sweeps_on_other_backbones_are_rows_of_their_own(tmp_path: Path) -> None:
+    write_sweep(tmp_path / "small", "n1", "natural", "a", [80.0])
+    write_sweep(tmp_path / "big", "n1", "natural", "a", [90.0])
+    summary_path = tmp_path / "big" / "n1" / "a" / "sweep.json"
+    summary = json.loads(summary_path.read_text())
+    summary["backbone"] = "vit_base_patch16_224"
+    summary_path.write_text(json.dumps(summary))
+    report = build_report(tmp_path)
+    assert sorted((r["backbone"], r["n1"]) for r in report.rows) == [
+        ("demo", 80.0),
+        ("vit_base_patch16_224", 90.0),
+    ]
+    text = report.markdown()
+    assert "| backbone" in text and "vit_base_patch16_224" in text
+    labels = [label for label, _, _ in plot_points(report)[0]]
+    assert labels == ["a (demo)", "a (vit_base_patch16_224)"]
+    # one backbone: no backbone column
+    single = build_report(tmp_path / "small")
+    assert "backbone" not in single.rows[0] and "| backbone" not in single.markdown()

@@ -116,7 +116,9 @@ class Report:
     notes: list[str] = field(default_factory=list)  # printed under the table
 
     def markdown(self) -> str:
-        columns = ["method"]
+        by_backbone = any("backbone" in row for row in self.rows)
+        columns = ["method", "backbone"] if by_backbone else ["method"]
+        first = len(columns)
         for _, task, metric in self.tasks:
             columns.append(f"{task} (err)" if metric == "error" else task)
         columns += [f"{g} mean" for g in self.groups if g != "cifar100-lt"]
@@ -125,14 +127,14 @@ class Report:
         columns += ["tunable params", "% of backbone"]
         table = []
         for row in self.rows:
-            cells: dict[str, Any] = {"method": row["method"]}
-            for (_, task, _), column in zip(self.tasks, columns[1:], strict=False):
+            cells: dict[str, Any] = {"method": row["method"], "backbone": row.get("backbone", "")}
+            for (_, task, _), column in zip(self.tasks, columns[first:], strict=False):
                 mean, std = row.get(task), row.get(f"{task} std")
                 if mean is None:
                     cells[column] = ""
                 else:
                     cells[column] = f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
-            for column in columns[1 + len(self.tasks) :]:
+            for column in columns[first + len(self.tasks) :]:
                 cells[column] = row.get(column)
             table.append(cells)
         text = format_table(table, columns, float_digits=2)
@@ -179,10 +181,16 @@ def build_report(
     tasks = sorted(found, key=lambda t: (_order(t[0], GROUP_ORDER), t[1]))
     groups = sorted({g for g, _, _ in tasks}, key=lambda g: _order(g, GROUP_ORDER))
     methods = sorted({e.method for e in entries}, key=lambda m: _order(m, METHOD_ORDER))
+    # the same task × method on other backbones are other results: one row each
+    backbones = sorted({e.backbone for e in entries})
     rows = []
-    for method in methods:
-        mine = {e.task: e for e in entries if e.method == method}
+    for method, backbone in ((m, b) for b in backbones for m in methods):
+        mine = {e.task: e for e in entries if e.method == method and e.backbone == backbone}
+        if not mine:
+            continue
         row: dict[str, Any] = {"method": method}
+        if len(backbones) > 1:
+            row["backbone"] = backbone
         for _, task, _ in tasks:
             entry = mine.get(task)
             row[task] = None if entry is None else entry.mean
@@ -229,19 +237,23 @@ def plot_points(report: Report) -> tuple[list[tuple[str, float, float]], str]:
         if not r["method"].startswith("paper:") and (r.get("% of backbone") or 0) > 0
     ]
     if rows and all(r.get(HEADLINE) is not None for r in rows):
-        return [(r["method"], r["% of backbone"], r[HEADLINE]) for r in rows], HEADLINE
+        return [(_label(r), r["% of backbone"], r[HEADLINE]) for r in rows], HEADLINE
     top1 = [t for _, t, m in report.tasks if m == "top1"]
     common = [t for t in top1 if all(r.get(t) is not None for r in rows)]
     points = []
     for row in rows:
         values = [row[t] for t in (common or top1) if row.get(t) is not None]
         if values:
-            points.append((row["method"], row["% of backbone"], statistics.fmean(values)))
+            points.append((_label(row), row["% of backbone"], statistics.fmean(values)))
     if common:
         label = f"mean of the {len(common)} task(s) every method has"
     else:
         label = "each method's mean over its own tasks"
     return points, label
+
+
+def _label(row: dict[str, Any]) -> str:
+    return f"{row['method']} ({row['backbone']})" if row.get("backbone") else row["method"]
 
 
 def plot_report(report: Report, path: Path, title: str = "") -> None:
