@@ -133,6 +133,7 @@ def save(model: PromptedModel, directory: str | os.PathLike[str]) -> Path:
             "method_config": config.to_dict(),
             "num_classes": model.num_classes,
             "input_norm": None if model.input_norm is None else list(map(list, model.input_norm)),
+            "class_names": model.class_names,
             "masks_active": bool(model.visual_prompts and model.visual_prompts.masks_active),
             "pruning": _pruning_summary(model),
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
@@ -278,6 +279,8 @@ def load(
     if meta.get("input_norm"):
         mean, std = meta["input_norm"]
         model.input_norm = (tuple(mean), tuple(std))
+    if meta.get("class_names") is not None:
+        model.class_names = [str(c) for c in meta["class_names"]]
     return model.to(map_location)
 
 

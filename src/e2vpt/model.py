@@ -136,6 +136,8 @@ class PromptedModel(nn.Module):
         self.grad_checkpointing = False
         # the (mean, std) images were normalised with in training; None: the backbone's
         self.input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+        # the task's class names, in label order (None: not known, e.g. an older run)
+        self.class_names: list[str] | None = None
 
     def _run_block(self, fn: Any, *args: Any) -> Any:
         if self.grad_checkpointing and torch.is_grad_enabled():

@@ -132,6 +132,26 @@ def test_train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     # a checkpoint for 9 classes cannot be evaluated on an 8-class task
     assert main(["eval", str(run), "--data", "builtin:orientation"]) == 2
     assert "9-class head" in capsys.readouterr().err
+    # nor on 9 other classes: the class names are stored and compared
+    import numpy as np
+    from PIL import Image
+
+    other = tmp_path / "other"
+    for split in ("train", "test"):
+        for c in range(9):
+            (other / split / f"kind{c}").mkdir(parents=True)
+            Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(other / split / f"kind{c}/a.png")
+    assert main(["eval", str(run), "--data", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "are not the ones" in err and "--ignore-class-names" in err
+    assert main(["eval", str(run), "--data", str(other), "--ignore-class-names"]) == 0
+    # a run saved before class names were stored: evaluated, with a note saying so
+    meta = json.loads((run / "adapter.json").read_text())
+    del meta["class_names"]
+    (run / "adapter.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(other)]) == 0
+    assert "stores no class names" in capsys.readouterr().err
 
 
 def test_swin_from_its_original_checkpoint(

@@ -348,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--precision", default="auto")
+    evaluate.add_argument(
+        "--ignore-class-names",
+        action="store_true",
+        help="score even when the data's class names differ from the run's (labels are "
+        "then taken to mean the same classes by position)",
+    )
 
     prune = sub.add_parser(
         "prune",
@@ -565,6 +571,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{data} has {task.num_classes} classes but the checkpoint in {args.run_dir} has a "
             f"{meta['num_classes']}-class head; evaluate on the task it was trained for"
         )
+    _check_class_names(model.class_names, task.classes, data, args)
     model = model.to(device)
     acc = top1(
         model,
@@ -588,6 +595,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     write_json(path, row)
     print(f"\nwritten: {path}")
     return 0
+
+
+def _check_class_names(
+    trained: list[str] | None, given: list[str], data: str, args: argparse.Namespace
+) -> None:
+    """Label i must mean the same class in the data as in the run."""
+    if trained is None:
+        print(
+            f"e2vpt eval: {args.run_dir} stores no class names (saved before e2vpt stored "
+            f"them); assuming {data}'s labels mean the run's classes",
+            file=sys.stderr,
+        )
+        return
+    given = [str(c) for c in given]
+    if given == trained or args.ignore_class_names:
+        return
+    index = next(i for i, (a, b) in enumerate(zip(trained, given, strict=True)) if a != b)
+    raise CheckpointError(
+        f"{data}'s classes are not the ones {args.run_dir} was trained on (label {index}: "
+        f"{given[index]!r} here, {trained[index]!r} in the run); evaluate on the run's own "
+        "classes, or pass --ignore-class-names to score by label position anyway"
+    )
 
 
 def _slug(text: str) -> str:

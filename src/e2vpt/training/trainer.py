@@ -331,6 +331,7 @@ def _train(
         head_init=cfg.resolved("head_init"),
     )
     model.input_norm = norm
+    model.class_names = [str(c) for c in task.classes]
     if customize is not None:
         customize(model)
     model = model.to(device)
