@@ -292,5 +292,4 @@ def _with_legacy_options(meta: dict[str, Any]) -> dict[str, Any]:
         spec = get_method(meta["method"])
     except ConfigError:
         return options  # method_config() reports the unknown method
-    legacy = spec.config_cls.legacy_options({**dict(spec.fixed), **options})
-    return {**{k: v for k, v in legacy.items() if k not in options}, **options}
+    return spec.with_legacy_options(options)

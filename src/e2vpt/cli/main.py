@@ -209,15 +209,19 @@ def _add_pruning_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
         choices=SCORE_MODES,
         help="token/segment importance, lowest pruned first: "
         + "; ".join(f"{k}: {v}" for k, v in SCORE_DEFINITIONS.items()).replace("%", "%%")
-        + f" (default recipe: {PRUNE_CHOICES['score'].default}; official: official)",
+        + _recipes_say("score"),
     )
     parser.add_argument(
         "--prune-mode",
         choices=PRUNE_MODES,
         help="remove: pruned tokens leave every layer's sequence (fewer tokens, faster); "
-        "zero: they stay as zero vectors, as the official code (default recipe: remove; "
-        "official: zero)",
+        "zero: they stay as zero vectors, as the official code" + _recipes_say("prune_mode"),
     )
+
+
+def _recipes_say(name: str) -> str:
+    choice = PRUNE_CHOICES[name]
+    return f" (default recipe: {choice.default}; official: {choice.official})"
 
 
 def _listed(values: list[float]) -> str:

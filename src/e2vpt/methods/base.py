@@ -90,6 +90,12 @@ class MethodSpec:
             values[key] = pinned
         return self.config_cls.from_dict(values)
 
+    def with_legacy_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` saved by an older e2vpt, completed with the values of the options
+        added since, as such runs behaved (``MethodConfig.legacy_options``)."""
+        legacy = self.config_cls.legacy_options({**dict(self.fixed), **options})
+        return {**legacy, **options}
+
 
 _REGISTRY: dict[str, MethodSpec] = {}
 

@@ -196,9 +196,9 @@ class TrainConfig:
         if "recipe" not in values:
             values = {**values, **LEGACY_TRAIN_FIELDS}
             method = get_method(str(values.get("method", cls.method)))
-            options = dict(values.get("method_config") or {})
-            legacy = method.config_cls.legacy_options({**dict(method.fixed), **options})
-            values["method_config"] = {**legacy, **options}
+            values["method_config"] = method.with_legacy_options(
+                dict(values.get("method_config") or {})
+            )
         return cls.from_dict(values)
 
     def to_yaml(self) -> str:
