@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from e2vpt.checkpoint import atomic_write_text
+from e2vpt.files import atomic_write_text
 from e2vpt.model import PromptedModel
 from e2vpt.reporting import format_table, write_json
 from e2vpt.training.config import TrainConfig

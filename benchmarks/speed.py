@@ -353,7 +353,7 @@ def main() -> None:
         return
     from tqdm.auto import tqdm
 
-    from e2vpt.checkpoint import atomic_write_text
+    from e2vpt.files import atomic_write_text
     from e2vpt.reporting import format_table, write_json
 
     results: list[dict[str, Any]] = []

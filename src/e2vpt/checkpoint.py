@@ -16,64 +16,21 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from e2vpt.files import atomic_write_bytes, atomic_write_text, check_writable, publish
 from e2vpt.methods.base import ConfigError, get_method, method_config
 from e2vpt.model import PromptedModel, backbone_fingerprint, backbone_signature, wrap
+from e2vpt.run_folder import inspect_folder
 from e2vpt.state import diff_state
 
 TENSORS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter.json"
 FORMAT_VERSION = 1
+# the atomic file helpers, re-exported for code written against this module
+__all__ = ["atomic_write_bytes", "atomic_write_text", "check_writable"]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not fit the backbone it is loaded onto."""
-
-
-def _publish(tmp: str | Path, target: Path) -> None:
-    """Give the temp file ordinary permissions (mkstemp makes it 0600), then rename."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, target)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def check_writable(directory: Path) -> None:
-    """Fail early, and without leaving anything behind, when ``directory`` cannot be
-    created or written: its nearest existing ancestor must be a folder that takes a file."""
-    target = directory.resolve()
-    existing = next(p for p in (target, *target.parents) if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(
-            f"cannot write the run folder {directory}: {existing} is a file; choose another "
-            "--output-dir"
-        )
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".e2vpt-write-check.", dir=existing)
-    except OSError as err:
-        raise ConfigError(
-            f"cannot write the run folder {directory} ({existing}: {err.strerror}); choose "
-            "another --output-dir"
-        ) from None
-    os.close(fd)
-    os.unlink(tmp)
 
 
 SPARSE_PREFIX = "visual_prompts."
@@ -139,7 +96,7 @@ def save(model: PromptedModel, directory: str | os.PathLike[str]) -> Path:
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
             "sha256": digest,
         }
-        _publish(tmp, directory / TENSORS_FILE)
+        publish(tmp, directory / TENSORS_FILE)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -179,6 +136,12 @@ def load(
     from e2vpt.backbones import create_backbone
 
     directory = Path(directory)
+    folder = inspect_folder(directory)
+    if folder.kind == "incomplete":
+        raise CheckpointError(
+            f"{directory} holds {folder.describe()}, not a finished checkpoint; finish it with "
+            f"`e2vpt train --resume --output-dir {directory}`"
+        )
     meta = read_config(directory)
     saved_classes = int(meta["num_classes"])
     if num_classes is not None and num_classes != saved_classes:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from e2vpt.checkpoint import atomic_write_text
+from e2vpt.files import atomic_write_text
 
 
 def format_table(

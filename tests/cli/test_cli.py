@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from e2vpt.cli.main import build_parser, config_from_args, main
+from e2vpt.training.config import TrainConfig
 from tests.backbones.test_weight_files import write_swin_original
 from tests.conftest import make_tiny_swin
 
@@ -186,7 +187,10 @@ def test_example_configs_are_valid(example: Path) -> None:
     assert cfg.build_method_config().method_name == cfg.method
 
 
-def test_quickstart_example_is_what_the_quickstart_runs() -> None:
+def test_quickstart_example_is_what_the_quickstart_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no runs/quickstart here: the default name is the plain one
     written = parse_train(["--config", str(EXAMPLES / "quickstart.yaml")])
     default = parse_train([])
     assert written.build_method_config() == default.build_method_config()
@@ -232,9 +236,41 @@ BAD_INVOCATIONS = [
     (["train", "--output-dir", "/proc/e2vpt-run"], "cannot write the run folder"),
     (["train", "--data", "no_such_folder", "--output-dir", "r"], "no_such_folder does not exist"),
     (["train", "--method", "vpt-deep", "--kv-tokens", "3"], "does not apply to method"),
+    (["train", "--state-every", "-1"], "state_every must be >= 0"),
+    (["train", "--weights", "missing.npz", "--output-dir", "r"], "missing.npz does not exist"),
+    (["train", "--output-dir", "done_run"], "already holds a finished run; pass --overwrite"),
+    (["train", "--output-dir", "half_run"], "pass --resume to continue it, --overwrite"),
+    (["train", "--overwrite", "--output-dir", "notes"], "holds no e2vpt run"),
+    (["train", "--resume"], "--resume needs --output-dir"),
+    (["train", "--resume", "--output-dir", "nothing"], "holds no run to resume"),
+    (["train", "--resume", "--output-dir", "half_run", "--epochs", "7"], "--epochs 7 differs"),
     (["eval", "no_such_run"], "not an e2vpt checkpoint folder"),
+    (["eval", "half_run"], "unfinished run (stopped after epoch 0 of 3)"),
+    (["eval", "done_run"], "/gone/weights.npz, which do not exist here; pass --weights"),
+    (["eval", "done_run", "--weights", "missing.pth"], "--weights missing.pth: no such file"),
     (["prune", "--from", "no_such_run"], "does not exist"),
+    (["prune", "--from", "half_run"], "cannot prune"),
 ]
+
+
+def _existing_folders(root: Path) -> None:
+    """A finished run (made elsewhere: its weights file is not here), an unfinished one
+    and a folder of someone's files."""
+    (root / "done_run").mkdir()
+    (root / "done_run" / "train_config.yaml").write_text(TrainConfig(epochs=3).to_yaml())
+    (root / "done_run" / "run_complete.json").write_text("{}")
+    meta = {
+        "method": "linear",
+        "method_config": {},
+        "num_classes": 6,
+        "backbone": "demo_vit_cifar10",
+        "backbone_weights": "/gone/weights.npz",
+    }
+    (root / "done_run" / "adapter.json").write_text(json.dumps(meta))
+    (root / "half_run").mkdir()
+    (root / "half_run" / "train_config.yaml").write_text(TrainConfig(epochs=3).to_yaml())
+    (root / "notes").mkdir()
+    (root / "notes" / "notes.txt").write_text("mine")
 
 
 @pytest.mark.parametrize(("argv", "message"), BAD_INVOCATIONS, ids=lambda v: str(v))
@@ -247,6 +283,7 @@ def test_bad_invocations_fail_in_one_line_and_touch_nothing(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("not a folder")
+    _existing_folders(tmp_path)
     before = _tree(tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -261,7 +298,8 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("e2vpt ")
 
 
-def test_ctrl_c_stops_with_a_message_and_exit_code_130(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_with_a_message_and_exit_code_130(tmp_path: Path, stop: str) -> None:
     import signal
     import subprocess
     import sys
@@ -277,10 +315,16 @@ def test_ctrl_c_stops_with_a_message_and_exit_code_130(tmp_path: Path) -> None:
         text=True,
     )
     deadline = time.monotonic() + 120
-    while not (tmp_path / "run" / "train_config.yaml").exists():  # training has begun
+    while not (tmp_path / "run" / "train_state.pt").exists():  # an epoch is saved
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(getattr(signal, stop))
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130
-    assert "e2vpt train: interrupted." in err and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("e2vpt train: interrupted; the run in run is saved after epoch ")
+    assert last.endswith("resume it with `e2vpt train --resume --output-dir run`")
+    assert "Traceback" not in err
+    # the unfinished run is not mistaken for a finished one
+    assert not (tmp_path / "run" / "run_complete.json").exists()
+    assert main(["eval", str(tmp_path / "run")]) == 2

@@ -62,3 +62,50 @@ def test_two_gloo_processes_train_like_one(tmp_path: Path) -> None:
     # rank 0 alone wrote the run folder, and reported once
     assert sorted(p.name for p in double.iterdir()) == sorted(p.name for p in single.iterdir())
     assert done.stdout.count("run folder:") == 1
+
+
+def test_a_torchrun_run_stopped_by_sigterm_resumes_like_one_uninterrupted(tmp_path: Path) -> None:
+    """torchrun forwards SIGTERM to its workers; rank 0's saved state resumes on 2 ranks."""
+    import signal
+    import time
+
+    data = tmp_path / "task"
+    write_vtab_tree(data, {"train800": 32, "val200": 12, "test": 14}, num_classes=3)
+    epochs = ["--epochs", "40"]  # long enough to be stopped after the first saved epoch
+    common = [*TRAIN, "--data", f"vtab:{data}", "--device", "cpu", *epochs]
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert main([*common, "--output-dir", str(single)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    first = subprocess.Popen(
+        [*torchrun, "-m", "e2vpt", *common, "--output-dir", str(double)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not (double / "train_state.pt").exists():
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=120)
+    assert not (double / "run_complete.json").exists()  # stopped before the end
+
+    resumed = subprocess.run(
+        [*torchrun, "-m", "e2vpt", "train", "--resume", "--output-dir", str(double)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr
+    one, two = load_file(single / "adapter.safetensors"), load_file(double / "adapter.safetensors")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+    metrics_one = json.loads((single / "metrics.json").read_text())
+    metrics_two = json.loads((double / "metrics.json").read_text())
+    assert len(metrics_two) == 40
+    for a, b in zip(metrics_one, metrics_two, strict=True):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import signal
 import sys
 import types
 import typing
@@ -25,6 +26,7 @@ from e2vpt import __version__
 from e2vpt.backbones import DEMO_BACKBONE, BackboneError, canonical_name, create_backbone
 from e2vpt.checkpoint import CheckpointError, load, read_config
 from e2vpt.data import DataError, load_task
+from e2vpt.errors import Interrupted
 from e2vpt.layers.prompts import PRUNE_MODES
 from e2vpt.methods.base import _REGISTRY, ConfigError, MethodConfig, list_methods, method_config
 from e2vpt.model import wrap
@@ -32,9 +34,10 @@ from e2vpt.pruning.importance import SCORE_DEFINITIONS, SCORE_MODES
 from e2vpt.pruning.search import PruneSettings
 from e2vpt.recipes import PRUNE_CHOICES, RECIPES, choices_table
 from e2vpt.reporting import format_table, write_json
+from e2vpt.run_folder import fresh_folder, readable_name, require_complete
 from e2vpt.sweeps.protocol import ADAMW_BASE_LRS, SweepError, SweepSettings
 from e2vpt.sweeps.ray_engine import RaySettings
-from e2vpt.training.config import QUICKSTART, TrainConfig
+from e2vpt.training.config import QUICKSTART, RUNTIME_FIELDS, TrainConfig
 
 USER_ERRORS = (
     ConfigError,
@@ -49,10 +52,11 @@ USER_ERRORS = (
 
 # what an interrupted command leaves behind, and how to go on
 INTERRUPTED = {
-    "train": "Files written so far are complete (each is written whole), but a run folder "
-    "without adapter.json holds no checkpoint; rerun the command to train again.",
-    "sweep": "Finished trials are kept; rerun the same command to resume the sweep.",
-    "prune": "Finished grid points are kept; rerun the same command to resume.",
+    "train": "Every file written so far is whole; the run folder is marked unfinished.",
+    "sweep": "Finished trials are kept and the interrupted one resumes from its last saved "
+    "epoch; rerun the same command to go on.",
+    "prune": "Finished grid points are kept and the interrupted one resumes from its last "
+    "saved epoch; rerun the same command to go on.",
     "eval": "Nothing was written.",
     "report": "Rerun the command to write the report.",
     "info": "Nothing was written.",
@@ -248,6 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the offline demo run (the default when no argument is given)",
     )
+    folder = train.add_mutually_exclusive_group()
+    folder.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished run in --output-dir from its last saved epoch (its "
+        "settings are read from the folder; only runtime flags such as --device may be given)",
+    )
+    folder.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --output-dir (its files are deleted first)",
+    )
     _add_train_flags(train, skip={"method_config"})
 
     sweep = sub.add_parser(
@@ -351,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument(
+        "--weights",
+        help="the backbone's weights file, when the path the run stored does not hold it here "
+        "(a run made on another machine)",
+    )
     evaluate.add_argument("--precision", default="auto")
     evaluate.add_argument(
         "--ignore-class-names",
@@ -384,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=int, help="retraining epochs per grid point (default: the run's own)"
     )
     prune.add_argument("--device", help="default: the run's own")
+    prune.add_argument(
+        "--weights", help="the backbone's weights file (default: the path the run stored)"
+    )
     prune.add_argument("--no-progress", dest="progress", action="store_false")
 
     info = sub.add_parser("info", help="parameter accounting for a backbone × method")
@@ -424,7 +448,7 @@ def config_from_args(
     if args.config is not None:
         values = TrainConfig.from_yaml(args.config).to_dict()
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    skip = {"command", "config", "quickstart", *exclude}
+    skip = {"command", "config", "quickstart", "resume", "overwrite", *exclude}
     given = {k: v for k, v in vars(args).items() if k not in skip}
     method_values = dict(values.get("method_config") or {})
     for key, value in given.items():
@@ -438,6 +462,12 @@ def config_from_args(
     if quickstart:
         values = {**QUICKSTART, **values}
     cfg = TrainConfig.from_dict({**values, "method_config": method_values})
+    if cfg.output_dir is None and args.command == "train":
+        base = "runs/quickstart" if quickstart else None
+        cfg = dataclasses.replace(
+            cfg,
+            output_dir=str(fresh_folder(base)) if base else cfg.default_output_dir(),
+        )
     owners = method_option_owners()
     spec_name = cfg.method
     for key in method_values:
@@ -451,14 +481,54 @@ def config_from_args(
 
 
 def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    cfg = config_from_args(args, argv)
+    if args.resume:
+        cfg = resumed_config(args)
+        existing = "resume"
+    else:
+        cfg = config_from_args(args, argv)
+        existing = "overwrite" if args.overwrite else "refuse"
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 alone reports
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return _train_and_report(cfg)
-    return _train_and_report(cfg)
+            return _train_and_report(cfg, existing)
+    return _train_and_report(cfg, existing)
 
 
-def _train_and_report(cfg: TrainConfig) -> int:
+def resumed_config(args: argparse.Namespace) -> TrainConfig:
+    """``--resume``: the run folder's own config; flags may change runtime fields only."""
+    given = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in {"command", "config", "quickstart", "resume", "overwrite"}
+    }
+    if args.config is not None:
+        raise ConfigError("--resume reads the settings from the run folder; drop --config")
+    out = given.pop("output_dir", None)
+    if out is None:
+        raise ConfigError("--resume needs --output-dir RUN_FOLDER (the run to continue)")
+    if not (Path(out) / "train_config.yaml").is_file():
+        raise ConfigError(
+            f"{out} holds no run to resume (no train_config.yaml); start it without --resume"
+        )
+    saved = TrainConfig.from_run_folder(out)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    method_values = saved.build_method_config().to_dict()
+    changes: dict[str, Any] = {"output_dir": out}
+    for key, value in given.items():
+        current = getattr(saved, key) if key in fields else method_values.get(key)
+        if key in RUNTIME_FIELDS:
+            changes[key] = value
+        elif value != current:
+            raise ConfigError(
+                f"--resume continues {out} as it was started: {_flag(key)} {value} differs "
+                f"from the run's {current}; drop the flag, or start a new run (--overwrite, "
+                "or another --output-dir)"
+            )
+    cfg = dataclasses.replace(saved, **changes)
+    cfg.validate()
+    return cfg
+
+
+def _train_and_report(cfg: TrainConfig, existing: str) -> int:
     from e2vpt.training.trainer import (
         linear_probe_search,
         load_task_for,
@@ -467,7 +537,7 @@ def _train_and_report(cfg: TrainConfig) -> int:
         train,
     )
 
-    preflight(cfg)
+    preflight(cfg, existing=existing)
     method_cfg = cfg.build_method_config()
     print(
         f"e2vpt train: {method_cfg.method_name} on {cfg.data} with backbone {cfg.backbone}"
@@ -476,7 +546,7 @@ def _train_and_report(cfg: TrainConfig) -> int:
     )
     compare = cfg.compare_linear and method_cfg.method_name != "linear"
     task = load_task_for(cfg) if compare else None  # decoded once for both runs
-    results = [train(cfg, task=task)]
+    results = [train(cfg, task=task, existing=existing)]
     if compare:
         linear_cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir) / "linear"))
         default = dataclasses.replace(linear_cfg, method="linear", method_config={}, base_lr=None)
@@ -485,7 +555,8 @@ def _train_and_report(cfg: TrainConfig) -> int:
             f"linear probing baseline: base_lr grid {grid}, best on {cfg.val_split}",
             file=sys.stderr,
         )
-        results.append(linear_probe_search(linear_cfg, grid, task=task))
+        probes = "continue" if existing == "resume" else "refuse"
+        results.append(linear_probe_search(linear_cfg, grid, task=task, existing=probes))
     print()
     print(results_table(results))
     if len(results) == 2 and results[0].eval_top1 is not None and results[1].eval_top1 is not None:
@@ -556,6 +627,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from e2vpt.training.trainer import model_data_settings, resolve_device, top1
 
+    require_complete(args.run_dir, "evaluate")
     meta = read_config(args.run_dir)
     run_cfg_path = args.run_dir / "train_config.yaml"
     data = args.data
@@ -567,7 +639,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if data is None:
         raise ConfigError(f"{args.run_dir} has no train_config.yaml; pass --data")
     device = resolve_device(args.device)
-    model = load(args.run_dir)
+    model = load(args.run_dir, backbone=_backbone_for(meta, args.weights, args.run_dir))
     image_size, normalizer = model_data_settings(model)
     task = load_task(data, image_size, seed=data_seed)
     if task.num_classes != meta["num_classes"]:
@@ -595,10 +667,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     }
     print(format_table([row]))
     # named by dataset and split: evaluating on other data never replaces a result
-    path = args.run_dir / f"eval_{_slug(data)}_{args.split}.json"
+    path = args.run_dir / f"eval_{readable_name(data)}_{args.split}.json"
     write_json(path, row)
     print(f"\nwritten: {path}")
     return 0
+
+
+def _backbone_for(meta: dict[str, Any], weights: str | None, run_dir: Path) -> Any:
+    """The run's backbone: with ``--weights`` when given; a stored weights path that does
+    not exist here is an error naming the flag (checked before anything is loaded)."""
+    if weights is None:
+        stored = meta.get("backbone_weights")
+        if stored and not Path(stored).is_file():
+            raise ConfigError(
+                f"{run_dir} was trained on backbone weights {stored}, which do not exist here; "
+                "pass --weights PATH to the same weights file"
+            )
+        return None  # rebuilt from adapter.json
+    if not Path(weights).is_file():
+        raise ConfigError(f"--weights {weights}: no such file")
+    return create_backbone(meta["backbone"], weights=weights)
 
 
 def _check_class_names(
@@ -623,11 +711,6 @@ def _check_class_names(
     )
 
 
-def _slug(text: str) -> str:
-    """A file-name-safe, readable form of a ``--data`` value (its last 80 characters)."""
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[-80:] or "data"
-
-
 def cmd_prune(args: argparse.Namespace) -> int:
     from e2vpt.pruning.search import prune_run
 
@@ -640,6 +723,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         epochs=args.epochs,
         device=args.device,
+        weights=args.weights,
         progress=args.progress,
     )
     report = prune_run(args.run_dir, settings)
@@ -731,6 +815,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     args = parser.parse_args(argv)
+    previous = _stop_on_sigterm()
     try:
         if args.command == "train":
             return cmd_train(args, argv[1:])
@@ -747,11 +832,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"e2vpt {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\ne2vpt {args.command}: interrupted. {INTERRUPTED[args.command]}", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        said = str(err) if isinstance(err, Interrupted) and args.command == "train" else ""
+        print(
+            f"\ne2vpt {args.command}: interrupted; {said or INTERRUPTED[args.command]}",
+            file=sys.stderr,
+        )
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     parser.print_help()
     return 0
+
+
+def _stop_on_sigterm() -> Any:
+    """SIGTERM (``kill``, a scheduler's preemption, torchrun stopping its workers) stops
+    a command like Ctrl-C: cleanly, with what was kept and how to go on."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (e.g. called from a worker thread)
+        return None
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def plot_pruning(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from e2vpt.checkpoint import atomic_write_bytes
+    from e2vpt.files import atomic_write_bytes
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     kept = [p["prompt_values"] for p in points]

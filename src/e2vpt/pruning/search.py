@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from e2vpt.backbones import create_backbone
 from e2vpt.checkpoint import (
     CONFIG_FILE,
     TENSORS_FILE,
@@ -43,6 +44,7 @@ from e2vpt.pruning.plan import (
 from e2vpt.pruning.report import plot_pruning, report_rows
 from e2vpt.recipes import PRUNE_CHOICES, check_recipe, resolve_choice
 from e2vpt.reporting import format_table, write_csv, write_json
+from e2vpt.run_folder import COMPLETE_FILE, IMPORTANCE_FILE, POINT_FILE, require_complete
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.trainer import (
     load_task_for,
@@ -52,8 +54,6 @@ from e2vpt.training.trainer import (
     train,
 )
 
-POINT_FILE = "pruning_point.json"
-IMPORTANCE_FILE = "importance.json"
 REPORT_NAME = "pruning_report"
 
 
@@ -70,6 +70,7 @@ class PruneSettings:
     output_dir: str | None = None  # None: RUN_DIR/pruned
     epochs: int | None = None  # rewind epochs; None: the run's own (the papers' choice)
     device: str | None = None  # None: the run's own
+    weights: str | None = None  # the backbone's weights file; None: the path the run stored
     progress: bool = True
 
     def validate(self) -> None:
@@ -83,6 +84,8 @@ class PruneSettings:
             raise ConfigError("the pruning grid needs at least one token and one segment fraction")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise ConfigError(f"--weights {self.weights}: no such file")
 
     def resolve(self, run_recipe: str, flag_prefix: str = "--") -> ResolvedPruning:
         # flags: --token-fractions … under `e2vpt prune`, --prune-token-fractions … under
@@ -199,7 +202,8 @@ def _select(points: list[dict[str, Any]]) -> dict[str, Any]:
 def _copy_checkpoint(source: Path, target: Path) -> None:
     """The selected point's checkpoint becomes OUT's own (tensors first, recipe last:
     each file atomic, and the recipe's hash catches a pair that does not belong)."""
-    for name in (TENSORS_FILE, "train_config.yaml", "results.json", "metrics.csv", CONFIG_FILE):
+    files = (TENSORS_FILE, "train_config.yaml", "results.json", "metrics.csv", CONFIG_FILE)
+    for name in (*files, COMPLETE_FILE):
         if (source / name).is_file():
             atomic_write_bytes(target / name, (source / name).read_bytes())
 
@@ -220,8 +224,9 @@ def _importance(
         return scores
     print(f"importance ({score}) over {run_dir}'s training split", file=sys.stderr)
     device = resolve_device(cfg.device)
+    backbone = create_backbone(cfg.backbone, weights=cfg.weights) if cfg.weights else None
     try:
-        model = load(run_dir).to(device)
+        model = load(run_dir, backbone=backbone).to(device)
     except CheckpointError as err:
         raise ConfigError(f"cannot load the run to prune: {err}") from err
     _, normalizer = model_data_settings(model)
@@ -249,7 +254,13 @@ def _rewind_point(
     """Prune the freshly initialised model (same seed: the original init), retrain with
     the run's recipe, and record the point (its POINT_FILE is written last)."""
     point_cfg = dataclasses.replace(cfg, output_dir=str(point_dir))
-    result = train(point_cfg, task=task, customize=lambda m: apply_plan(m, plan))
+    result = train(
+        point_cfg,
+        task=task,
+        customize=lambda m: apply_plan(m, plan),
+        existing="continue",  # a rewind stopped mid-way resumes; another plan's is replaced
+        identity={"plan": plan.to_dict(), "source_sha256": source_sha},
+    )
     # the point's own files already hold its counts: no need to rebuild the model
     saved = json.loads((point_dir / "results.json").read_text())
     done = {
@@ -270,15 +281,24 @@ def _rewind_point(
 
 
 def _prepare(
-    run_dir: Path, progress: bool, device: str | None, epochs: int | None
+    run_dir: Path, settings: PruneSettings, epochs: int | None
 ) -> tuple[dict[str, Any], TrainConfig]:
     if not run_dir.is_dir():
         raise ConfigError(f"run folder {run_dir} does not exist; pass the output dir of a run")
+    require_complete(run_dir, "prune")
+    settings.validate()
     meta = read_config(run_dir)
     cfg = _run_config(run_dir, meta)
-    overrides: dict[str, Any] = {"progress": progress, "compare_linear": False}
-    if device is not None:
-        overrides["device"] = device
+    overrides: dict[str, Any] = {"progress": settings.progress, "compare_linear": False}
+    if settings.device is not None:
+        overrides["device"] = settings.device
+    if settings.weights is not None:
+        overrides["weights"] = settings.weights
+    elif cfg.weights is not None and not Path(cfg.weights).is_file():
+        raise ConfigError(
+            f"{run_dir} was trained on backbone weights {cfg.weights}, which do not exist "
+            "here; pass --weights PATH to the same weights file"
+        )
     if epochs is not None:
         overrides["epochs"] = epochs
         if cfg.warmup_epochs is not None and cfg.warmup_epochs > epochs:
@@ -302,7 +322,7 @@ def prune_fixed(
     ``settings`` gives the score, prune mode and recipe (its grid is not used)."""
     run_dir, out = Path(run_dir), Path(output_dir)
     settings = settings or PruneSettings()
-    meta, cfg = _prepare(run_dir, settings.progress, settings.device, None)
+    meta, cfg = _prepare(run_dir, settings, None)
     pruning = settings.resolve(cfg.recipe)
     e2 = method_config("e2vpt", meta["method_config"])
     check_fractions(token_fraction, segment_fraction, e2.visual_tokens, e2.mask_segments)
@@ -334,7 +354,7 @@ def prune_run(
     settings = settings or PruneSettings()
     settings.validate()
     run_dir = Path(run_dir)
-    meta, cfg = _prepare(run_dir, settings.progress, settings.device, settings.epochs)
+    meta, cfg = _prepare(run_dir, settings, settings.epochs)
     pruning = settings.resolve(cfg.recipe)
     out = Path(settings.output_dir) if settings.output_dir else run_dir / "pruned"
     if out.resolve() == run_dir.resolve():

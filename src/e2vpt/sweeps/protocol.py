@@ -21,8 +21,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from e2vpt.checkpoint import atomic_write_text
 from e2vpt.data import TRAINVAL, Task
+from e2vpt.files import atomic_write_text
 from e2vpt.methods.base import ConfigError
 from e2vpt.pruning.search import PruneSettings, ResolvedPruning, prune_run
 from e2vpt.reporting import format_table, write_json

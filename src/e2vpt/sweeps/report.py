@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from e2vpt.checkpoint import atomic_write_bytes, atomic_write_text
 from e2vpt.data.vtab import VTAB_GROUPS, VTAB_TASKS
+from e2vpt.files import atomic_write_bytes, atomic_write_text
 from e2vpt.reporting import format_table, write_csv, write_json
 from e2vpt.sweeps.protocol import SWEEP_FILE
 

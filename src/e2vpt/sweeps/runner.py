@@ -18,13 +18,13 @@ from typing import Any
 
 from e2vpt.data import Task
 from e2vpt.reporting import write_json
-from e2vpt.training.config import TrainConfig
+from e2vpt.run_folder import TRIAL_FILE
+from e2vpt.training.config import RUNTIME_FIELDS, TrainConfig
 
-TRIAL_FILE = "trial.json"
-# fields that change where, how fast or how visibly a trial runs, not what it computes
-# (checkpointing and compile are tested to give the same losses). Keeping them out also
-# means trials finished before such a lever existed are still recognised as finished.
-_NOT_IN_KEY = ("progress", "device", "output_dir", "grad_checkpointing", "compile")
+# runtime fields change where, how fast or how visibly a trial runs, not what it
+# computes. Keeping them out of its key also means trials finished before such a lever
+# existed are still recognised as finished.
+_NOT_IN_KEY = RUNTIME_FIELDS
 
 
 @dataclass
@@ -79,7 +79,13 @@ def run_trial(
             if device is not None:
                 config["device"] = device
             cfg = TrainConfig.from_dict(config)
-            result = train(cfg, task=task, save_checkpoint=trial.save_checkpoint, on_epoch=on_epoch)
+            result = train(
+                cfg,
+                task=task,
+                save_checkpoint=trial.save_checkpoint,
+                on_epoch=on_epoch,
+                existing="continue",  # a trial stopped mid-way resumes from its last epoch
+            )
             val, test, seconds = result.val_top1, result.eval_top1, result.train_seconds
         else:
             point = prune_fixed(

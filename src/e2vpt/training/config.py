@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ import torch
 import yaml
 
 from e2vpt.backbones.demo import DEMO_BACKBONE
+from e2vpt.data import BUILTIN_PREFIX, CIFAR_LT, FGVC_PREFIX, VTAB_PREFIX
 from e2vpt.data.augment import AUGMENTATIONS
 from e2vpt.methods.base import ConfigError, MethodConfig, get_method, method_config
 from e2vpt.model import HEAD_INITS
@@ -21,8 +24,20 @@ from e2vpt.recipes import (
     check_recipe,
     resolve_choice,
 )
+from e2vpt.run_folder import fresh_folder, readable_name
 
 LR_SCHEDULE_UNITS = ("update", "epoch")
+# fields that change where, how fast or how visibly a run trains, not what it learns
+# (gradient checkpointing and compile are tested to give the same losses): a run may be
+# resumed with other values, and a sweep trial's identity ignores them
+RUNTIME_FIELDS = (
+    "progress",
+    "device",
+    "output_dir",
+    "grad_checkpointing",
+    "compile",
+    "state_every",
+)
 # task: the task's protocol (ImageNet mean/std for VTAB-1k and FGVC, the backbone's own
 # statistics elsewhere); imagenet; backbone: the backbone's pretrained_cfg mean/std
 NORMALIZATIONS = ("task", "imagenet", "backbone")
@@ -82,7 +97,7 @@ class TrainConfig:
         "builtin:count"  # builtin:*, vtab:DIR, fgvc:DIR, cifar100-lt<ρ>:DIR or an image folder
     )
     data_seed: int = 0  # seed of a built-in task's generator
-    output_dir: str = "runs/quickstart"  # run folder: checkpoint, metrics, results
+    output_dir: str | None = None  # run folder (None: a new runs/<task>-<method>[-N])
     epochs: int = 100  # training epochs
     batch_size: int = 64  # images per step
     base_lr: float | None = None  # lr = base_lr × batch / 256; None: the method's default
@@ -106,6 +121,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model: slow first steps, pays on long GPU runs
     compare_linear: bool = False  # also train a linear probe and show both
     progress: bool = True
+    state_every: int = 1  # epochs between resumable training states (0: none; not resumable)
 
     def validate(self) -> None:
         check_recipe(self.recipe)
@@ -134,6 +150,8 @@ class TrainConfig:
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         parse_device(self.device)
+        if self.state_every < 0:
+            raise ConfigError(f"state_every must be >= 0, got {self.state_every}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.augment != "auto" and self.augment not in AUGMENTATIONS:
@@ -175,6 +193,29 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def default_output_dir(self) -> str:
+        """Where a run without ``output_dir`` goes: a new ``runs/<task>-<method>[-N]``."""
+        task = re.split(r"[:/\\]", self.data.rstrip("/\\"))[-1]
+        return str(fresh_folder(Path("runs") / readable_name(f"{task}-{self.method}")))
+
+    def with_absolute_paths(self) -> TrainConfig:
+        """The config with ``weights``, the data folder and ``output_dir`` made absolute,
+        so a stored run can be evaluated, pruned or resumed from anywhere."""
+        weights = None if self.weights is None else os.path.abspath(self.weights)
+        output_dir = None if self.output_dir is None else os.path.abspath(self.output_dir)
+        return dataclasses.replace(
+            self, weights=weights, data=absolute_data_spec(self.data), output_dir=output_dir
+        )
+
+    def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
+        """Fields (runtime ones apart) whose values differ: name → (mine, other's)."""
+        mine, theirs = self.with_absolute_paths().to_dict(), other.with_absolute_paths().to_dict()
+        return {
+            k: (mine[k], theirs[k])
+            for k in mine
+            if k not in RUNTIME_FIELDS and mine[k] != theirs[k]
+        }
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
@@ -203,6 +244,21 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def absolute_data_spec(spec: str) -> str:
+    """``vtab:rel/path`` → ``vtab:/abs/rel/path`` (every folder-backed kind); built-in
+    task names are left as they are."""
+    if spec.startswith(BUILTIN_PREFIX):
+        return spec
+    for prefix in (VTAB_PREFIX, FGVC_PREFIX):
+        if spec.startswith(prefix):
+            return prefix + os.path.abspath(spec.removeprefix(prefix))
+    if match := CIFAR_LT.match(spec):
+        return f"cifar100-lt{match[1]}:{os.path.abspath(match[2])}"
+    if spec.startswith("cifar100-lt"):
+        return spec  # malformed: load_task names the problem
+    return os.path.abspath(spec)
 
 
 def parse_device(name: str) -> torch.device:

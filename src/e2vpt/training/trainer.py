@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -22,15 +24,28 @@ from tqdm.auto import tqdm
 
 from e2vpt.accounting import count_parameters
 from e2vpt.backbones import create_backbone
-from e2vpt.checkpoint import atomic_write_text, check_writable, save
+from e2vpt.checkpoint import save
 from e2vpt.data import Split, Task, check_task_spec, load_task
 from e2vpt.data.augment import augment_batch
-from e2vpt.errors import ConfigError
+from e2vpt.errors import ConfigError, Interrupted
+from e2vpt.files import atomic_write_text, check_writable
 from e2vpt.model import PromptedModel, wrap
 from e2vpt.reporting import format_table, write_csv, write_json
+from e2vpt.run_folder import (
+    CONFIG_FILE,
+    EXISTING_MODES,
+    IDENTITY_FILE,
+    RESULTS_FILE,
+    STATE_FILE,
+    RunFolder,
+    clear,
+    inspect_folder,
+    mark_complete,
+)
 from e2vpt.training.config import TrainConfig, parse_device
 from e2vpt.training.distributed import Distributed
 from e2vpt.training.optim import build_optimizer, build_scheduler
+from e2vpt.training.resume import capture, read_state, restore, write_state
 
 
 @dataclass
@@ -84,15 +99,27 @@ def on_device_if_it_fits(images: torch.Tensor, device: torch.device) -> torch.Te
     return images.to(device)
 
 
-def preflight(cfg: TrainConfig, data: bool = True) -> None:
+def preflight(
+    cfg: TrainConfig,
+    data: bool = True,
+    existing: str = "refuse",
+    identity: dict[str, Any] | None = None,
+) -> None:
     """Every check that needs no decoded data or weights, so a mistake costs nothing: the
-    config, the device, the ``data`` name (unless the task comes ready-made) and a run
-    folder that can be written."""
+    config, the device, the weights file, the ``data`` name (unless the task comes
+    ready-made) and a run folder that can be written and may be (see ``train``)."""
     cfg.validate()
     resolve_device(cfg.device)
+    if cfg.weights is not None and not Path(cfg.weights).is_file():
+        raise ConfigError(
+            f"weights file {cfg.weights} does not exist; pass the path of the backbone's "
+            "weights with --weights (or leave it out for the hub / bundled weights)"
+        )
     if data:
         check_task_spec(cfg.data)
-    check_writable(Path(cfg.output_dir))
+    if cfg.output_dir is not None:
+        plan_run_folder(cfg, existing, identity)  # refused: before even a test write
+        check_writable(Path(cfg.output_dir))
 
 
 def seed_everything(seed: int) -> None:
@@ -241,28 +268,143 @@ def train(
     feature_cache: dict[tuple, dict[str, torch.Tensor]] | None = None,
     customize: Callable[[PromptedModel], object] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    existing: str = "refuse",
+    identity: dict[str, Any] | None = None,
 ) -> RunResult:
     """Train one method on one task and write the run folder.
 
-    Run folder: adapter.safetensors + adapter.json, train_config.yaml, metrics.json,
-    metrics.csv (one row per epoch), results.json. Every file is written atomically.
+    Run folder: train_config.yaml (first), metrics.json + metrics.csv (one row per epoch),
+    train_state.pt (what resuming needs, after every epoch), then adapter.safetensors +
+    adapter.json, results.json and, last, run_complete.json. Every file is written
+    atomically. ``existing`` says what to do when the folder already holds a run:
+    refuse | overwrite | resume | continue (see :mod:`e2vpt.run_folder`); without
+    ``output_dir`` the run goes to a new ``runs/<task>-<method>[-N]``.
     ``feature_cache`` lets several linear probes of one backbone × task share features.
     ``customize`` changes the freshly initialised model before the optimizer is built
     (pruning's rewind uses it to train a pruned model from the original init).
     ``on_epoch`` sees every epoch's metrics row (a Ray Tune trial reports them, so ASHA
-    can stop it).
+    can stop it). ``identity`` is what the run computes beyond its config (a rewind's
+    pruning plan): a folder holding a run of another identity is not resumed.
 
     Under torchrun it trains data-parallel (see :mod:`e2vpt.training.distributed`):
     ``cfg.batch_size`` is the global batch and only rank 0 writes the run folder."""
-    preflight(cfg, data=task is None)
+    if existing not in EXISTING_MODES:
+        raise ValueError(f"existing must be one of {EXISTING_MODES}, got {existing!r}")
+    if cfg.output_dir is None:
+        cfg = dataclasses.replace(cfg, output_dir=cfg.default_output_dir())
+    preflight(cfg, data=task is None, existing=existing, identity=identity)
     method_cfg = cfg.build_method_config()
     ddp = Distributed.from_env(cfg.device)
+    progress = {"saved_epoch": 0}
     try:
+        start = _open_run_folder(cfg, existing, ddp, identity)
+        if isinstance(start, RunResult):
+            return start
         return _train(
-            cfg, method_cfg, ddp, task, save_checkpoint, feature_cache, customize, on_epoch
+            cfg,
+            method_cfg,
+            ddp,
+            task,
+            save_checkpoint,
+            feature_cache,
+            customize,
+            on_epoch,
+            start,
+            progress,
+            identity,
         )
+    except KeyboardInterrupt as err:
+        if isinstance(err, Interrupted):
+            raise
+        raise Interrupted(_stopped_message(cfg, progress["saved_epoch"])) from None
     finally:
         ddp.close()
+
+
+def _stopped_message(cfg: TrainConfig, saved_epoch: int) -> str:
+    out = cfg.output_dir
+    command = f"`e2vpt train --resume --output-dir {out}`"
+    if not cfg.state_every:
+        return f"no training state is kept (--state-every 0): {command} starts it over"
+    if saved_epoch == 0:
+        return f"no epoch had finished: {command} starts it from epoch 1"
+    return (
+        f"the run in {out} is saved after epoch {saved_epoch} of {cfg.epochs}: resume it "
+        f"with {command}"
+    )
+
+
+def plan_run_folder(
+    cfg: TrainConfig, existing: str, identity: dict[str, Any] | None = None
+) -> tuple[str, RunFolder]:
+    """What becomes of the run folder, decided without touching it: ``fresh`` (nothing
+    there), ``replace`` (delete the old run first), ``reuse`` (this run, finished) or
+    ``resume`` (this run, unfinished). A folder ``existing`` does not allow is an error."""
+    assert cfg.output_dir is not None
+    out = Path(cfg.output_dir)
+    folder = inspect_folder(out)
+    if folder.kind == "foreign":
+        raise folder.refusal()
+    if not folder.holds_run:
+        if existing == "resume":
+            raise ConfigError(f"{out} holds no run to resume; start it without --resume")
+        return "fresh", folder
+    if existing == "refuse":
+        raise folder.refusal()
+    if existing == "overwrite":
+        return "replace", folder
+    differs = _differences_from_saved(cfg, out, identity)
+    if differs and existing == "resume":
+        shown = ", ".join(f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in differs.items())
+        raise ConfigError(
+            f"--resume: {out} was started with other settings ({shown}); drop the flags "
+            "that differ, or start a new run (--overwrite, or another --output-dir)"
+        )
+    if differs:
+        return "replace", folder
+    return ("reuse" if folder.kind == "complete" else "resume"), folder
+
+
+def _open_run_folder(
+    cfg: TrainConfig, existing: str, ddp: Distributed, identity: dict[str, Any] | None
+) -> RunResult | dict[str, Any] | None:
+    """The finished run's result to reuse, the training state to resume from, or None
+    (train from epoch 1). Every rank decides before rank 0 changes anything."""
+    action, folder = plan_run_folder(cfg, existing, identity)
+    ddp.barrier()
+    if action == "replace" and ddp.is_main:
+        clear(folder)
+    if action == "reuse":
+        return _stored_result(folder.path)
+    if action == "resume" and cfg.state_every:
+        return read_state(folder.path / STATE_FILE)
+    return None
+
+
+def _differences_from_saved(
+    cfg: TrainConfig, out: Path, identity: dict[str, Any] | None
+) -> dict[str, tuple[Any, Any]]:
+    if not (out / CONFIG_FILE).is_file():
+        return {CONFIG_FILE: ("missing", "needed")}
+    try:
+        saved = TrainConfig.from_run_folder(out)
+    except ConfigError as err:
+        return {CONFIG_FILE: (str(err), "readable")}
+    differs = saved.differences(cfg)
+    try:
+        saved_identity = json.loads((out / IDENTITY_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        saved_identity = None
+    if saved_identity != (None if identity is None else json.loads(json.dumps(identity))):
+        differs["identity"] = (saved_identity, identity)
+    return differs
+
+
+def _stored_result(out: Path) -> RunResult:
+    """A finished run's result, as its results.json records it."""
+    stored = json.loads((out / RESULTS_FILE).read_text())
+    names = {f.name for f in dataclasses.fields(RunResult)}
+    return RunResult(**{k: v for k, v in stored.items() if k in names})
 
 
 def sharded_top1(
@@ -291,6 +433,9 @@ def _train(
     feature_cache: dict[tuple, dict[str, torch.Tensor]] | None,
     customize: Callable[[PromptedModel], object] | None,
     on_epoch: Callable[[dict[str, Any]], None] | None,
+    state: dict[str, Any] | None,
+    progress: dict[str, int],
+    identity: dict[str, Any] | None,
 ) -> RunResult:
     if ddp.enabled and cfg.batch_size < ddp.world_size:
         raise ValueError(
@@ -342,7 +487,9 @@ def _train(
     out_dir = Path(cfg.output_dir)
     if ddp.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "train_config.yaml", cfg.to_yaml())
+        atomic_write_text(out_dir / CONFIG_FILE, cfg.with_absolute_paths().to_yaml())
+        if identity is not None:
+            write_json(out_dir / IDENTITY_FILE, identity)
 
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
     augment = task.augment if cfg.augment == "auto" else cfg.augment
@@ -385,93 +532,133 @@ def _train(
     generator = torch.Generator().manual_seed(cfg.seed)
     metrics: list[dict[str, Any]] = []
     labels = train_split.labels
-    bar = tqdm(
+    update = 0
+    val_acc: float | None = None
+    first_epoch, seconds_before = 0, 0.0
+    if state is not None:
+        restore(
+            state,
+            trainable=trainable,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            generator=generator,
+            device=device,
+        )
+        first_epoch, update = int(state["epoch"]), int(state["update"])
+        metrics, val_acc = list(state["metrics"]), state["val_acc"]
+        seconds_before = float(state["train_seconds"])
+        progress["saved_epoch"] = first_epoch
+        if ddp.is_main:
+            print(
+                f"e2vpt train: resuming {out_dir} after epoch {first_epoch} of {cfg.epochs}",
+                file=sys.stderr,
+            )
+    start -= seconds_before  # train seconds count every session's training
+    with tqdm(
+        initial=first_epoch * steps_per_epoch,
         total=cfg.epochs * steps_per_epoch,
         disable=not (cfg.progress and ddp.is_main),
         desc=f"{method_cfg.method_name}",
         unit="step",
         dynamic_ncols=True,
-    )
-    update = 0
-    val_acc: float | None = None
-    for epoch in range(cfg.epochs):
-        trainable.train()
-        epoch_start = time.perf_counter()
-        if per_epoch:  # the official schedule: one lr for the whole epoch
-            scheduler.step(epoch)
-        # running sums stay on the device: no host sync per step, so on a GPU the next
-        # batch is prepared while this one computes
-        loss_total = torch.zeros((), dtype=torch.float64, device=device)
-        correct_total = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
-        for step, idx in enumerate(batches(len(train_split), cfg.batch_size, generator)):
-            if cached:
-                x = inputs[cfg.train_split][idx]
-            else:  # the global batch, so every rank's generator stays in step
-                x = augment_batch(
-                    augment, inputs[cfg.train_split], train_split.crops, idx, generator, image_size
+    ) as bar:  # closed on Ctrl-C too, so the message comes after it
+        for epoch in range(first_epoch, cfg.epochs):
+            trainable.train()
+            epoch_start = time.perf_counter()
+            if per_epoch:  # the official schedule: one lr for the whole epoch
+                scheduler.step(epoch)
+            # running sums stay on the device: no host sync per step, so on a GPU the next
+            # batch is prepared while this one computes
+            loss_total = torch.zeros((), dtype=torch.float64, device=device)
+            correct_total = torch.zeros((), dtype=torch.long, device=device)
+            seen = 0
+            for step, idx in enumerate(batches(len(train_split), cfg.batch_size, generator)):
+                if cached:
+                    x = inputs[cfg.train_split][idx]
+                else:  # the global batch, so every rank's generator stays in step
+                    x = augment_batch(
+                        augment,
+                        inputs[cfg.train_split],
+                        train_split.crops,
+                        idx,
+                        generator,
+                        image_size,
+                    )
+                x, y = ddp.shard(x), ddp.shard(labels[idx])
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+                if prepare is not None:
+                    x = prepare(x)
+                with autocast(device, cfg.precision):
+                    logits = stepped(x)
+                local_loss = F.cross_entropy(logits.float(), y, reduction="sum")
+                # DDP averages gradients over ranks: this makes it the global batch mean's
+                loss = local_loss * (ddp.world_size / len(idx))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                update += 1
+                if not per_epoch:
+                    scheduler.step_update(update)
+                loss_total += local_loss.detach()
+                correct_total += (logits.detach().argmax(-1) == y).sum()
+                seen += len(y)
+                bar.update(1)
+                if step % PROGRESS_EVERY == 0:
+                    shown = local_loss.item() / max(len(y), 1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{shown:.3f}")
+            loss_sum, correct, seen = ddp.sum(
+                [loss_total.item(), float(correct_total.item()), float(seen)], device
+            )
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": loss_sum / seen,
+                "train_top1": correct / seen,
+            }
+            if not math.isfinite(row["train_loss"]):
+                raise FloatingPointError(
+                    f"training diverged (loss {row['train_loss']}) at epoch {epoch + 1}; "
+                    "lower --base-lr"
                 )
-            x, y = ddp.shard(x), ddp.shard(labels[idx])
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            if prepare is not None:
-                x = prepare(x)
-            with autocast(device, cfg.precision):
-                logits = stepped(x)
-            local_loss = F.cross_entropy(logits.float(), y, reduction="sum")
-            # DDP averages gradients over ranks: this makes it the global batch mean's
-            loss = local_loss * (ddp.world_size / len(idx))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            update += 1
-            if not per_epoch:
-                scheduler.step_update(update)
-            loss_total += local_loss.detach()
-            correct_total += (logits.detach().argmax(-1) == y).sum()
-            seen += len(y)
-            bar.update(1)
-            if step % PROGRESS_EVERY == 0:
-                shown = local_loss.item() / max(len(y), 1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{shown:.3f}")
-        loss_sum, correct, seen = ddp.sum(
-            [loss_total.item(), float(correct_total.item()), float(seen)], device
-        )
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum / seen,
-            "train_top1": correct / seen,
-        }
-        if not math.isfinite(row["train_loss"]):
-            bar.close()
-            raise FloatingPointError(
-                f"training diverged (loss {row['train_loss']}) at epoch {epoch + 1}; "
-                "lower --base-lr"
-            )
-        if val_split is not None:
-            trainable.eval()
-            val_acc = sharded_top1(
-                trainable,
-                inputs[cfg.val_split],
-                val_split.labels,
-                device,
-                cfg.precision,
-                prepare,
-                ddp,
-            )
-            row["val_top1"] = val_acc
-            bar.set_postfix(
-                epoch=epoch + 1, loss=f"{row['train_loss']:.3f}", val=f"{100 * val_acc:.1f}%"
-            )
-        row["epoch_seconds"] = time.perf_counter() - epoch_start
-        metrics.append(row)
-        if ddp.is_main:
-            write_json(out_dir / "metrics.json", metrics)
-            write_csv(out_dir / "metrics.csv", metrics)
-        if on_epoch is not None:
-            on_epoch(row)
-    bar.close()
+            if val_split is not None:
+                trainable.eval()
+                val_acc = sharded_top1(
+                    trainable,
+                    inputs[cfg.val_split],
+                    val_split.labels,
+                    device,
+                    cfg.precision,
+                    prepare,
+                    ddp,
+                )
+                row["val_top1"] = val_acc
+                bar.set_postfix(
+                    epoch=epoch + 1, loss=f"{row['train_loss']:.3f}", val=f"{100 * val_acc:.1f}%"
+                )
+            row["epoch_seconds"] = time.perf_counter() - epoch_start
+            metrics.append(row)
+            if ddp.is_main:
+                write_json(out_dir / "metrics.json", metrics)
+                write_csv(out_dir / "metrics.csv", metrics)
+            if cfg.state_every and (epoch + 1) % cfg.state_every == 0:
+                if ddp.is_main:
+                    snapshot = capture(
+                        epoch=epoch + 1,
+                        update=update,
+                        trainable=trainable,
+                        optimizer=optimizer,
+                        scheduler=scheduler,
+                        generator=generator,
+                        device=device,
+                        metrics=metrics,
+                        val_acc=val_acc,
+                        train_seconds=time.perf_counter() - start,
+                    )
+                    write_state(out_dir / STATE_FILE, snapshot)
+                progress["saved_epoch"] = epoch + 1
+            if on_epoch is not None:
+                on_epoch(row)
     train_seconds = time.perf_counter() - start
 
     eval_acc = None
@@ -504,16 +691,18 @@ def _train(
         output_dir=str(out_dir),
     )
     if ddp.is_main:
-        write_json(out_dir / "results.json", {**result.to_dict(), "parameters": counts.to_dict()})
+        write_json(out_dir / RESULTS_FILE, {**result.to_dict(), "parameters": counts.to_dict()})
+        mark_complete(out_dir, {"method": result.method, "epochs": cfg.epochs})
     ddp.barrier()  # the run folder is complete before any rank moves on
     return result
 
 
 def linear_probe_search(
-    cfg: TrainConfig, base_lrs: list[float], task: Task | None = None
+    cfg: TrainConfig, base_lrs: list[float], task: Task | None = None, existing: str = "refuse"
 ) -> RunResult:
     """Linear probes over a small lr grid on cached features; the best on val wins
-    (ties → smaller lr). Cheap: the backbone runs once per image for the whole grid."""
+    (ties → smaller lr). Cheap: the backbone runs once per image for the whole grid.
+    ``existing`` is each probe's run-folder rule (see ``train``)."""
     task = task if task is not None else load_task_for(cfg)
     cache: dict[tuple, dict[str, torch.Tensor]] = {}
     best: RunResult | None = None
@@ -526,7 +715,7 @@ def linear_probe_search(
             output_dir=str(Path(cfg.output_dir) / f"base_lr_{lr:g}"),
             progress=False,
         )
-        result = train(trial, task=task, feature_cache=cache)
+        result = train(trial, task=task, feature_cache=cache, existing=existing)
         score = result.val_top1 if result.val_top1 is not None else -1.0
         if best is None or score > (best.val_top1 if best.val_top1 is not None else -1.0):
             best = result
