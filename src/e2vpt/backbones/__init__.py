@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,8 @@ def create_backbone(
     model.e2vpt_backbone_name = name
     # SPEC §1.4: MAE features are the mean of the patch tokens, normalised after pooling
     model.e2vpt_pool_convention = "avg-fc-norm" if looks_like_mae(name, weights) else None
-    model.e2vpt_backbone_weights = str(weights) if weights is not None else None
+    # stored absolute in checkpoints, so a run can be evaluated from any folder
+    model.e2vpt_backbone_weights = os.path.abspath(weights) if weights is not None else None
     return model
 
 
