@@ -9,8 +9,16 @@ model = e2vpt.load("runs/cifar100")
 """
 
 from e2vpt.accounting import ParameterCount, count_parameters
-from e2vpt.backbones import DEMO_BACKBONE, BackboneError, create_backbone
-from e2vpt.checkpoint import CheckpointError, load, save
+from e2vpt.backbones import DEMO_BACKBONE, create_backbone
+from e2vpt.checkpoint import load, save
+from e2vpt.errors import (
+    BackboneError,
+    CheckpointError,
+    DataError,
+    DivergedError,
+    E2VPTError,
+    SweepError,
+)
 from e2vpt.methods import (
     BiasConfig,
     ConfigError,
@@ -34,6 +42,9 @@ __all__ = [
     "BiasConfig",
     "CheckpointError",
     "ConfigError",
+    "DataError",
+    "DivergedError",
+    "E2VPTError",
     "E2VPTConfig",
     "FullConfig",
     "LinearConfig",
@@ -42,6 +53,7 @@ __all__ = [
     "PromptedModel",
     "PromptedSwin",
     "PromptedViT",
+    "SweepError",
     "VPTConfig",
     "count_parameters",
     "create_backbone",

@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from e2vpt.errors import CheckpointError
 from e2vpt.files import atomic_write_bytes, atomic_write_text, check_writable, publish
 from e2vpt.methods.base import ConfigError, get_method, method_config
 from e2vpt.model import PromptedModel, backbone_fingerprint, backbone_signature, wrap
@@ -27,10 +28,6 @@ CONFIG_FILE = "adapter.json"
 FORMAT_VERSION = 1
 # the atomic file helpers, re-exported for code written against this module
 __all__ = ["atomic_write_bytes", "atomic_write_text", "check_writable"]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or does not fit the backbone it is loaded onto."""
 
 
 SPARSE_PREFIX = "visual_prompts."

@@ -10,6 +10,8 @@ import torch
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 
+from e2vpt.errors import BackboneError
+
 DEMO_BACKBONE = "demo_vit_cifar10"
 WEIGHTS_FILE = "demo_vit_cifar10.safetensors"
 
@@ -59,7 +61,7 @@ def load_demo_weights(model: VisionTransformer, path: str | None = None) -> Visi
     try:
         state = load_file(path)
     except FileNotFoundError as err:
-        raise FileNotFoundError(
+        raise BackboneError(
             f"demo backbone weights not found at {path}; run "
             "`python scripts/pretrain_demo_backbone.py` to create them"
         ) from err

@@ -23,12 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from e2vpt.errors import BackboneError
 from e2vpt.state import diff_state
-
-
-class BackboneError(RuntimeError):
-    """A backbone could not be created or its weights could not be loaded."""
-
 
 _NESTING_KEYS = ("model", "state_dict", "module")
 # MAE's full pretraining checkpoints also hold the decoder; DINOv2-style detection in

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 
 from e2vpt import __version__
-from e2vpt.backbones import DEMO_BACKBONE, BackboneError, canonical_name, create_backbone
+from e2vpt.backbones import DEMO_BACKBONE, canonical_name, create_backbone
 from e2vpt.checkpoint import CheckpointError, load, read_config
-from e2vpt.data import DataError, load_task
-from e2vpt.errors import Interrupted
+from e2vpt.data import load_task
+from e2vpt.errors import E2VPTError, Interrupted
 from e2vpt.layers.prompts import PRUNE_MODES
 from e2vpt.methods.base import _REGISTRY, ConfigError, MethodConfig, list_methods, method_config
 from e2vpt.model import wrap
@@ -39,15 +39,8 @@ from e2vpt.sweeps.protocol import ADAMW_BASE_LRS, SweepError, SweepSettings
 from e2vpt.sweeps.ray_engine import RaySettings
 from e2vpt.training.config import QUICKSTART, RUNTIME_FIELDS, TrainConfig
 
-USER_ERRORS = (
-    ConfigError,
-    DataError,
-    CheckpointError,
-    BackboneError,
-    FileNotFoundError,
-    FloatingPointError,
-    SweepError,
-)
+# every error a user can fix derives from E2VPTError (see e2vpt.errors)
+USER_ERRORS = (E2VPTError,)
 
 
 # what an interrupted command leaves behind, and how to go on
@@ -614,7 +607,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     report = build_report(args.runs_dir, anchors=args.anchors, include_running=args.include_running)
     if not report.entries:
-        raise FileNotFoundError(
+        raise SweepError(
             f"no finished sweep (sweep.json) under {args.runs_dir}; run `e2vpt sweep "
             f"--output-dir {args.runs_dir} ...` first"
         )

@@ -17,9 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-
-class DataError(ValueError):
-    """A dataset folder, split file or image is missing, unreadable or inconsistent."""
+from e2vpt.errors import DataError
 
 
 @dataclass

@@ -22,6 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from e2vpt.data import TRAINVAL, Task
+from e2vpt.errors import SweepError
 from e2vpt.files import atomic_write_text
 from e2vpt.methods.base import ConfigError
 from e2vpt.pruning.search import PruneSettings, ResolvedPruning, prune_run
@@ -37,10 +38,6 @@ ADAMW_BASE_LRS = [5e-3, 1e-3, 5e-4, 1e-4]
 SPEC_SEEDS = [42, 44, 82, 100, 800]
 SWEEP_FILE = "sweep.json"
 PRUNED_SUFFIX = "-pruned"
-
-
-class SweepError(RuntimeError):
-    """The sweep cannot go on (e.g. every grid point diverged)."""
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from e2vpt.data.vtab import VTAB_GROUPS, VTAB_TASKS
+from e2vpt.errors import SweepError
 from e2vpt.files import atomic_write_bytes, atomic_write_text
 from e2vpt.reporting import format_table, write_csv, write_json
 from e2vpt.sweeps.protocol import SWEEP_FILE
@@ -71,7 +72,7 @@ def collect(runs_dir: str | Path, include_running: bool = False) -> list[Entry]:
     a sweep still running (or killed) only with ``include_running``."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        raise FileNotFoundError(
+        raise SweepError(
             f"runs folder {runs_dir} does not exist; pass the --output-dir of `e2vpt sweep`"
         )
     entries = []
@@ -79,7 +80,9 @@ def collect(runs_dir: str | Path, include_running: bool = False) -> list[Entry]:
         try:
             summary = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read sweep results {path}: {err}") from err
+            raise SweepError(
+                f"cannot read sweep results {path}: {err}; rerun that sweep to rewrite it"
+            ) from err
         if summary.get("status") != "complete" and not include_running:
             continue
         metric = summary.get("metric", "top1")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from e2vpt.data import Task
+from e2vpt.errors import DivergedError
 from e2vpt.reporting import write_json
 from e2vpt.run_folder import TRIAL_FILE
 from e2vpt.training.config import RUNTIME_FIELDS, TrainConfig
@@ -103,7 +104,7 @@ def run_trial(
             )
             val, test, seconds = point["val_top1"], point["eval_top1"], point["train_seconds"]
             record["prompt_values"] = point["prompt_values"]
-    except FloatingPointError as err:
+    except DivergedError as err:
         record.update(diverged=True, error=str(err), val_top1=None, test_top1=None)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / TRIAL_FILE, record)

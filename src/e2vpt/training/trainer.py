@@ -27,7 +27,7 @@ from e2vpt.backbones import create_backbone
 from e2vpt.checkpoint import save
 from e2vpt.data import Split, Task, check_task_spec, load_task
 from e2vpt.data.augment import augment_batch
-from e2vpt.errors import ConfigError, Interrupted
+from e2vpt.errors import ConfigError, DivergedError, Interrupted
 from e2vpt.files import atomic_write_text, check_writable
 from e2vpt.model import PromptedModel, wrap
 from e2vpt.reporting import format_table, write_csv, write_json
@@ -438,7 +438,7 @@ def _train(
     identity: dict[str, Any] | None,
 ) -> RunResult:
     if ddp.enabled and cfg.batch_size < ddp.world_size:
-        raise ValueError(
+        raise ConfigError(
             f"--batch-size {cfg.batch_size} is the global batch; it must be at least the "
             f"number of processes ({ddp.world_size})"
         )
@@ -617,7 +617,7 @@ def _train(
                 "train_top1": correct / seen,
             }
             if not math.isfinite(row["train_loss"]):
-                raise FloatingPointError(
+                raise DivergedError(
                     f"training diverged (loss {row['train_loss']}) at epoch {epoch + 1}; "
                     "lower --base-lr"
                 )
