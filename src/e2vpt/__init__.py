@@ -19,6 +19,7 @@ from e2vpt.errors import (
     E2VPTError,
     SweepError,
 )
+from e2vpt.families import PromptedSwin, PromptedViT
 from e2vpt.methods import (
     BiasConfig,
     ConfigError,
@@ -32,7 +33,8 @@ from e2vpt.methods import (
     method_config,
     register_method,
 )
-from e2vpt.model import PromptedModel, PromptedSwin, PromptedViT, wrap
+from e2vpt.model import PromptedModel
+from e2vpt.wrapping import wrap
 
 __version__ = "0.1.0"
 

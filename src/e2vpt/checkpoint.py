@@ -17,11 +17,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from e2vpt.errors import CheckpointError
+from e2vpt.families import backbone_signature
 from e2vpt.files import atomic_write_bytes, atomic_write_text, check_writable, publish
 from e2vpt.methods.base import ConfigError, get_method, method_config
-from e2vpt.model import PromptedModel, backbone_fingerprint, backbone_signature, wrap
+from e2vpt.model import PromptedModel, backbone_fingerprint
 from e2vpt.run_folder import inspect_folder
 from e2vpt.state import diff_state
+from e2vpt.wrapping import wrap
 
 TENSORS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter.json"

@@ -114,3 +114,36 @@ def test_gradient_checkpointing_same_gradients_less_saved(
     for name, grad in grads.items():
         torch.testing.assert_close(ckpt_grads[name], grad, msg=name)
     assert ckpt_saved < plain_saved / 2, (ckpt_saved, plain_saved)
+
+
+class LowRankQKV(torch.nn.Module):
+    """A stand-in for a LoRA layer: the Linear it wraps plus a low-rank update."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int = 2) -> None:
+        super().__init__()
+        self.base = base
+        self.down = torch.nn.Linear(base.in_features, rank, bias=False)
+        self.up = torch.nn.Linear(rank, base.out_features, bias=False)
+        torch.nn.init.normal_(self.up.weight, std=0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.up(self.down(x))
+
+
+def test_a_wrapped_qkv_is_called_not_read(images: torch.Tensor) -> None:
+    """A method that replaces qkv (LoRA) changes the class-token path as the full one."""
+    model = e2vpt.wrap(make_tiny_vit(), e2vpt.E2VPTConfig(visual_tokens=2, kv_tokens=2), 5)
+    attn = model.backbone.blocks[-1].attn
+    base = attn.base if hasattr(attn, "base") else attn
+    base.qkv = LowRankQKV(base.qkv)
+    model.eval()
+    assert supports_class_token_block(model.backbone.blocks[-1])
+    assert rows_through_last_mlp(model, images) == 1
+    with torch.no_grad():
+        fast = model(images)
+        model.class_token_shortcut = False
+        full = model(images)
+        base.qkv.up.weight.zero_()  # without the update the logits differ: it was used
+        plain = model(images)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(full, plain, atol=1e-4)

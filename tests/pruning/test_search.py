@@ -11,12 +11,12 @@ import torch
 import e2vpt
 from e2vpt.cli.main import main
 from e2vpt.data import Task
-from e2vpt.model import wrap
 from e2vpt.pruning import apply_plan, make_plan
 from e2vpt.pruning import search as search_module
 from e2vpt.pruning.search import PruneSettings, prune_run
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.trainer import seed_everything, train
+from e2vpt.wrapping import wrap
 from tests.conftest import small_builtin_task
 
 

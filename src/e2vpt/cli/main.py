@@ -29,7 +29,6 @@ from e2vpt.data import load_task
 from e2vpt.errors import E2VPTError, Interrupted
 from e2vpt.layers.prompts import PRUNE_MODES
 from e2vpt.methods.base import _REGISTRY, ConfigError, MethodConfig, list_methods, method_config
-from e2vpt.model import wrap
 from e2vpt.pruning.importance import SCORE_DEFINITIONS, SCORE_MODES
 from e2vpt.pruning.search import PruneSettings
 from e2vpt.recipes import PRUNE_CHOICES, RECIPES, choices_table
@@ -38,6 +37,7 @@ from e2vpt.run_folder import fresh_folder, readable_name, require_complete
 from e2vpt.sweeps.protocol import ADAMW_BASE_LRS, SweepError, SweepSettings
 from e2vpt.sweeps.ray_engine import RaySettings
 from e2vpt.training.config import QUICKSTART, RUNTIME_FIELDS, TrainConfig
+from e2vpt.wrapping import wrap
 
 # every error a user can fix derives from E2VPTError (see e2vpt.errors)
 USER_ERRORS = (E2VPTError,)

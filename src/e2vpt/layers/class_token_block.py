@@ -6,6 +6,10 @@ token — about 10/12 of a block's work (1/14 of ViT-B/16) wasted in the forward
 backward. Keys and values still need every token (the class token attends to them all),
 so this computes ``qkv``'s key/value rows for all tokens and everything else for the
 class token alone. The result equals ``block(x)[:, :1]`` up to float rounding.
+
+Every sub-module is called, never read: when a method has replaced ``qkv`` (a LoRA
+layer, any wrapper of a Linear), it runs on all tokens and the query rows of the class
+token are taken from its output, so the method's change is part of the result.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from e2vpt.layers.kv_attention import KVPromptAttention
 
 def supports_class_token_block(block: nn.Module) -> bool:
     """True for timm's standard pre-norm ``Block`` with a fused ``qkv`` attention (with or
-    without key-value prompts); other block types run in full."""
+    without key-value prompts; ``qkv`` a Linear or a module wrapping one); other block
+    types run in full."""
     if type(block) is not Block:
         return False
     attn = block.attn
     base = attn.base if isinstance(attn, KVPromptAttention) else attn
-    return type(base) is Attention and isinstance(getattr(base, "qkv", None), nn.Linear)
+    return type(base) is Attention and isinstance(getattr(base, "qkv", None), nn.Module)
 
 
 def _class_token_attention(attn: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -38,10 +43,14 @@ def _class_token_attention(attn: nn.Module, h: torch.Tensor) -> torch.Tensor:
     B, N, C = h.shape
     heads, head_dim = base.num_heads, base.head_dim
     width = heads * head_dim
-    weight, bias = base.qkv.weight, base.qkv.bias
     query_in = h[:, :1]
-    q = F.linear(query_in, weight[:width], None if bias is None else bias[:width])
-    kv = F.linear(h, weight[width:], None if bias is None else bias[width:])
+    if type(base.qkv) is nn.Linear:  # plain: only the class token's query rows
+        weight, bias = base.qkv.weight, base.qkv.bias
+        q = F.linear(query_in, weight[:width], None if bias is None else bias[:width])
+        kv = F.linear(h, weight[width:], None if bias is None else bias[width:])
+    else:  # a method's wrapper (e.g. LoRA): run it as it is, keep what is needed
+        qkv = base.qkv(h)
+        q, kv = qkv[:, :1, :width], qkv[..., width:]
     q = q.reshape(B, 1, heads, head_dim).transpose(1, 2)
     k, v = kv.reshape(B, N, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = base.q_norm(q), base.k_norm(k)

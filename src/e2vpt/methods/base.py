@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
+
+from torch import nn
 
 from e2vpt.errors import ConfigError
-
-if TYPE_CHECKING:
-    from e2vpt.model import PromptedModel
 
 
 @dataclass
@@ -68,7 +67,9 @@ class MethodConfig:
         return config
 
 
-ApplyFn = Callable[["PromptedModel", Any], None]
+# apply(model, config): the model is an e2vpt.model.PromptedModel (typed loosely here,
+# since the model module builds on the method configs, not the other way round)
+ApplyFn = Callable[[nn.Module, Any], None]
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from e2vpt.families import PromptedViT
 from e2vpt.layers.prompts import PRUNE_MODES, VisualPrompts
 from e2vpt.methods.base import ConfigError
-from e2vpt.model import PromptedViT
 
 # lower = pruned first, for every score
 SCORE_MODES = ("ablation", "official", "abs", "signed", "random")

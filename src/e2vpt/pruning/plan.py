@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
+from e2vpt.families import PromptedViT
 from e2vpt.methods.base import ConfigError
-from e2vpt.model import PromptedViT
 from e2vpt.pruning.importance import ImportanceScores, prunable_prompts
 
 _EPS = 1e-9

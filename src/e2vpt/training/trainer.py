@@ -29,7 +29,7 @@ from e2vpt.data import Split, Task, check_task_spec, load_task
 from e2vpt.data.augment import augment_batch
 from e2vpt.errors import ConfigError, DivergedError, Interrupted
 from e2vpt.files import atomic_write_text, check_writable
-from e2vpt.model import PromptedModel, wrap
+from e2vpt.model import PromptedModel
 from e2vpt.reporting import format_table, write_csv, write_json
 from e2vpt.run_folder import (
     CONFIG_FILE,
@@ -46,6 +46,7 @@ from e2vpt.training.config import TrainConfig, parse_device
 from e2vpt.training.distributed import Distributed
 from e2vpt.training.optim import build_optimizer, build_scheduler
 from e2vpt.training.resume import capture, read_state, restore, write_state
+from e2vpt.wrapping import wrap
 
 
 @dataclass

@@ -1,0 +1,154 @@
+"""The ViT family: timm ``VisionTransformer`` (and the bundled demo backbone), with
+visual prompts inserted after the prefix tokens and key-value prompts in every
+attention."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from e2vpt.errors import ConfigError
+from e2vpt.families.base import register_family
+from e2vpt.layers.class_token_block import class_token_block_forward, supports_class_token_block
+from e2vpt.layers.kv_attention import add_kv_prompts
+from e2vpt.layers.prompts import VisualPrompts
+from e2vpt.model import PromptedModel
+
+VIT_POOLS = ("token", "avg", "avg-fc-norm", "map", "max", "avgmax")
+
+
+VIT_ATTRIBUTES = ("patch_embed", "blocks", "_pos_embed", "num_prefix_tokens", "forward_head")
+
+
+@register_family("vit")
+class PromptedViT(PromptedModel):
+    """A timm ``VisionTransformer`` used as it is, with prompts inserted around its own
+    blocks (after the prefix tokens: CLS and any register tokens)."""
+
+    @classmethod
+    def accepts(cls, backbone: nn.Module) -> bool:
+        return all(hasattr(backbone, attr) for attr in VIT_ATTRIBUTES)
+
+    @classmethod
+    def signature(cls, backbone: nn.Module) -> dict[str, Any]:
+        return {
+            "class": type(backbone).__name__,
+            "embed_dim": int(backbone.embed_dim),
+            "depth": len(backbone.blocks),
+            "num_heads": int(backbone.blocks[0].attn.num_heads),
+            "patch_size": list(backbone.patch_embed.patch_size),
+            "num_prefix_tokens": int(backbone.num_prefix_tokens),
+            "img_size": list(backbone.patch_embed.img_size or ()),
+        }
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        backbone_name: str | None = None,
+        global_pool: str | None = None,
+        head_init: str = "kaiming",
+    ) -> None:
+        super().__init__(backbone, num_classes, backbone_name, head_init)
+        self.global_pool = self._set_pooling(backbone, global_pool)
+        self.embed_dim = int(backbone.embed_dim)
+        self.num_blocks = len(backbone.blocks)
+        self.num_prefix_tokens = int(backbone.num_prefix_tokens)
+        # class-token pooling: the last block computes only the class token's output
+        # (layers/class_token_block.py); off = every token, as a plain timm forward
+        self.class_token_shortcut = True
+        self._make_head(self.embed_dim)
+
+    @staticmethod
+    def _set_pooling(backbone: nn.Module, requested: str | None) -> str:
+        """SPEC §1.4: the backbone's convention (CLS; MAE: mean of the non-CLS tokens
+        then ``fc_norm``), or what the user asks for."""
+        pool = requested or getattr(backbone, "e2vpt_pool_convention", None)
+        pool = pool or backbone.global_pool or "token"
+        if pool not in VIT_POOLS:
+            raise ConfigError(f"unknown pooling {pool!r} for a ViT; choose one of {VIT_POOLS}")
+        if pool == "token" and not getattr(backbone, "has_class_token", True):
+            raise ConfigError(
+                f"{type(backbone).__name__} has no class token, so 'token' pooling would read "
+                "a patch or prompt; use global_pool='avg' (or 'map' where the model has one)"
+            )
+        if pool == "map" and getattr(backbone, "attn_pool", None) is None:
+            raise ConfigError("'map' pooling needs a backbone with an attention-pool head")
+        backbone.reset_classifier(0, global_pool="avg" if pool == "avg-fc-norm" else pool)
+        if pool == "avg-fc-norm" and isinstance(backbone.fc_norm, nn.Identity):
+            # the final norm moves behind the pooling, keeping its pretrained affine
+            backbone.fc_norm, backbone.norm = backbone.norm, nn.Identity()
+        return pool
+
+    def add_visual_prompts(
+        self,
+        tokens: int,
+        deep: bool,
+        dropout: float,
+        project: bool = False,
+        mask_segments: int | None = None,
+        segment_layout: str = "interleaved",
+        train_masks: bool = False,
+    ) -> None:
+        self.visual_prompts = VisualPrompts(
+            num_layers=self.num_blocks if deep else 1,
+            tokens=tokens,
+            dim=self.embed_dim,
+            patch_size=self.patch_size,
+            dropout=dropout,
+            project=project,
+            mask_segments=mask_segments,
+            segment_layout=segment_layout,
+            train_masks=train_masks,
+        )
+
+    def add_kv_prompts(self, tokens: int, shared: bool, init: str = "heads") -> None:
+        add_kv_prompts(self.backbone, tokens=tokens, shared=shared, init=init)
+
+    # -- forward ---------------------------------------------------------------------
+    def _insert_prompts(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        prompts = self.visual_prompts
+        if prompts is None or prompts.tokens == 0:
+            return x
+        deep = prompts.num_layers > 1
+        if layer > 0 and not deep:
+            return x
+        new = prompts(layer, x.shape[0]).to(x.dtype)
+        npt = self.num_prefix_tokens
+        # block 0: insert after the prefix tokens; deep blocks: replace the last outputs
+        # (every layer gets as many prompts as the first, so the count is the new one's)
+        rest = x[:, npt:] if layer == 0 else x[:, npt + new.shape[1] :]
+        return torch.cat([x[:, :npt], new, rest], dim=1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Every token's features after the final norm, as timm's ``forward_features``
+        (prompt tokens included): (B, prefix + prompts + patches, D)."""
+        return self._forward_tokens(x, class_token_only=False)
+
+    def forward_class_token(self, x: torch.Tensor) -> torch.Tensor:
+        """What class-token pooling reads: the last block computes the class token's
+        output alone, (B, 1, D) (:mod:`e2vpt.layers.class_token_block`), where the block is
+        timm's standard one; otherwise every token, as ``forward_features``."""
+        return self._forward_tokens(x, class_token_only=True)
+
+    def _forward_tokens(self, x: torch.Tensor, class_token_only: bool) -> torch.Tensor:
+        bb = self.backbone
+        x = bb.patch_embed(x)
+        x = bb._pos_embed(x)
+        x = bb.patch_drop(x)
+        x = bb.norm_pre(x)
+        last = len(bb.blocks) - 1
+        for index, block in enumerate(bb.blocks):
+            x = self._insert_prompts(x, index)
+            if index == last and class_token_only and supports_class_token_block(block):
+                x = self._run_block(class_token_block_forward, block, x)
+            else:
+                x = self._run_block(block, x)
+        return bb.norm(x)
+
+    def forward_pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.class_token_shortcut and self.global_pool == "token"
+        features = self.forward_class_token(x) if shortcut else self.forward_features(x)
+        return self.backbone.forward_head(features, pre_logits=True)
