@@ -78,6 +78,16 @@ BACKBONE_FAMILIES: dict[str, Callable[..., torch.nn.Module]] = {
 }
 
 
+@pytest.fixture(autouse=True)
+def data_cache_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Each test its own decoded-data cache: none touches ~/.cache, none reads another's."""
+    path = tmp_path_factory.mktemp("data-cache")
+    monkeypatch.setenv("E2VPT_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def tiny_vit() -> Callable[..., VisionTransformer]:
     return make_tiny_vit

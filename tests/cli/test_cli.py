@@ -328,3 +328,24 @@ def test_ctrl_c_stops_with_a_message_and_exit_code_130(tmp_path: Path, stop: str
     # the unfinished run is not mistaken for a finished one
     assert not (tmp_path / "run" / "run_complete.json").exists()
     assert main(["eval", str(tmp_path / "run")]) == 2
+
+
+def test_val_fraction_runs_train_and_eval_on_an_image_folder_without_val(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A train/test-only folder: --val-fraction holds out val, said in the summary line,
+    and `eval --split val` rebuilds the same split from the run's stored settings."""
+    from tests.data.test_image_folder import write_tree
+
+    data = tmp_path / "pets"
+    write_tree(data, {"train": {"cat": 6, "dog": 6}, "test": {"cat": 2, "dog": 2}})
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--method", "linear", "--epochs", "1"]
+    argv += ["--val-fraction", "0.25", "--output-dir", str(out), "--no-progress"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "held out 25 % of train as val: 4 images" in err
+    assert "data: pets — 2 classes (cat, dog); train 8, val 4, test 4" in err
+    assert main(["eval", str(out), "--split", "val"]) == 0
+    (written,) = out.glob("eval_pets-*_val.json")  # the folder's name + a hash of its path
+    assert json.loads(written.read_text())["images"] == 4

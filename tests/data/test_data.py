@@ -42,11 +42,11 @@ def write_folder(root: Path, splits: dict[str, dict[str, int]]) -> None:
 
 
 def test_image_folder_splits_and_labels(tmp_path: Path) -> None:
-    write_folder(tmp_path, {"train": {"cat": 3, "dog": 2}, "test": {"dog": 2}})
+    write_folder(tmp_path, {"train": {"cat": 3, "dog": 2}, "test": {"cat": 1, "dog": 2}})
     task = load_task(str(tmp_path), image_size=32, progress=False)
     assert task.classes == ["cat", "dog"]
     assert task.splits["train"].labels.tolist() == [0, 0, 0, 1, 1]
-    assert task.splits["test"].labels.tolist() == [1, 1]
+    assert task.splits["test"].labels.tolist() == [0, 1, 1]
     assert "val" not in task.splits
     assert task.splits["train"].images.shape == (5, 3, 32, 32)
 

@@ -9,10 +9,10 @@ import pytest
 
 from e2vpt.cli.main import main
 from e2vpt.sweeps.report import (
-    ANCHORS,
     HEADLINE,
     TASK_MEAN,
     build_report,
+    paper_anchors,
     plot_points,
     write_report,
 )
@@ -87,7 +87,7 @@ def test_group_means_headline_and_task_mean_by_hand(runs: Path) -> None:
 def test_report_files_and_anchor_rows(runs: Path, tmp_path: Path) -> None:
     report = build_report(runs, anchors=True)
     paper = {r["method"]: r for r in report.rows if r["method"].startswith("paper:")}
-    e2 = ANCHORS["e2vpt"]
+    e2 = paper_anchors()["e2vpt"]
     assert paper["paper: e2vpt"][HEADLINE] == pytest.approx(
         (e2["natural"] + e2["specialized"] + e2["structured"]) / 3
     )

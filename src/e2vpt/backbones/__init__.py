@@ -56,7 +56,7 @@ def create_backbone(
     if weights is not None:
         load_weights_file(model, weights)
     model.e2vpt_backbone_name = name
-    # SPEC §1.4: MAE features are the mean of the patch tokens, normalised after pooling
+    # MAE features are the mean of the patch tokens, normalised after pooling
     model.e2vpt_pool_convention = "avg-fc-norm" if looks_like_mae(name, weights) else None
     # stored absolute in checkpoints, so a run can be evaluated from any folder
     model.e2vpt_backbone_weights = os.path.abspath(weights) if weights is not None else None

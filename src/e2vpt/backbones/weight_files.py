@@ -1,6 +1,6 @@
 """Pretrained weights from the files their authors released, read offline.
 
-Formats (SPEC §2): Google's JAX ``ViT-*.npz``; MAE ``mae_pretrain_vit_*.pth``
+Formats: Google's JAX ``ViT-*.npz``; MAE ``mae_pretrain_vit_*.pth``
 (``ckpt["model"]``); MoCo v3 ``*.pth.tar`` (``state_dict``, ``module.`` prefix, and the
 pretraining ones' ``base_encoder.``); Microsoft's Swin ``*.pth`` (``ckpt["model"]``,
 downsampling at the end of a stage); plain ``.pth`` / ``.safetensors`` state dicts.

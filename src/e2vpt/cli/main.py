@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import io
 import json
@@ -25,10 +26,17 @@ import torch
 from e2vpt import __version__
 from e2vpt.backbones import DEMO_BACKBONE, canonical_name, create_backbone
 from e2vpt.checkpoint import CheckpointError, load, read_config
-from e2vpt.data import load_task
+from e2vpt.data import BUILTIN_PREFIX, load_task
 from e2vpt.errors import E2VPTError, Interrupted
 from e2vpt.layers.prompts import PRUNE_MODES
-from e2vpt.methods.base import _REGISTRY, ConfigError, MethodConfig, list_methods, method_config
+from e2vpt.methods.base import (
+    _REGISTRY,
+    ConfigError,
+    MethodConfig,
+    get_method,
+    list_methods,
+    method_config,
+)
 from e2vpt.pruning.importance import SCORE_DEFINITIONS, SCORE_MODES
 from e2vpt.pruning.search import PruneSettings
 from e2vpt.recipes import PRUNE_CHOICES, RECIPES, choices_table
@@ -36,7 +44,7 @@ from e2vpt.reporting import format_table, write_json
 from e2vpt.run_folder import fresh_folder, readable_name, require_complete
 from e2vpt.sweeps.protocol import ADAMW_BASE_LRS, SweepError, SweepSettings
 from e2vpt.sweeps.ray_engine import RaySettings
-from e2vpt.training.config import QUICKSTART, RUNTIME_FIELDS, TrainConfig
+from e2vpt.training.config import QUICKSTART, RUNTIME_FIELDS, TrainConfig, absolute_data_spec
 from e2vpt.wrapping import wrap
 
 # every error a user can fix derives from E2VPTError (see e2vpt.errors)
@@ -624,17 +632,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     meta = read_config(args.run_dir)
     run_cfg_path = args.run_dir / "train_config.yaml"
     data = args.data
-    data_seed = 0
+    data_seed, val_fraction = 0, None
     if run_cfg_path.is_file():
-        run_cfg = TrainConfig.from_yaml(run_cfg_path)
+        run_cfg = TrainConfig.from_run_folder(args.run_dir)
         data = data or run_cfg.data
         data_seed = run_cfg.data_seed
+        if absolute_data_spec(data) == run_cfg.data:  # its own data: the val it held out
+            val_fraction = run_cfg.val_fraction
     if data is None:
         raise ConfigError(f"{args.run_dir} has no train_config.yaml; pass --data")
     device = resolve_device(args.device)
     model = load(args.run_dir, backbone=_backbone_for(meta, args.weights, args.run_dir))
     image_size, normalizer = model_data_settings(model)
-    task = load_task(data, image_size, seed=data_seed)
+    task = load_task(data, image_size, seed=data_seed, val_fraction=val_fraction)
     if task.num_classes != meta["num_classes"]:
         raise CheckpointError(
             f"{data} has {task.num_classes} classes but the checkpoint in {args.run_dir} has a "
@@ -660,10 +670,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     }
     print(format_table([row]))
     # named by dataset and split: evaluating on other data never replaces a result
-    path = args.run_dir / f"eval_{readable_name(data)}_{args.split}.json"
+    path = args.run_dir / f"eval_{_data_label(data)}_{args.split}.json"
     write_json(path, row)
     print(f"\nwritten: {path}")
     return 0
+
+
+def _data_label(data: str) -> str:
+    """A short file-name label that still tells datasets apart: a built-in task's name,
+    else the folder's name and a hash of its absolute path (``pets-3fa2c1``)."""
+    if data.startswith(BUILTIN_PREFIX):
+        return readable_name(data)
+    spec = absolute_data_spec(data)
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:6]
+    return f"{readable_name(Path(spec.split(':')[-1]).name, 40)}-{digest}"
 
 
 def _backbone_for(meta: dict[str, Any], weights: str | None, run_dir: Path) -> Any:
@@ -747,14 +767,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows = []
     for name in names:
         for method in methods:
-            options: dict[str, Any] = {}
-            if method == "e2vpt":
-                if args.visual_tokens is not None:
-                    options["visual_tokens"] = args.visual_tokens
-                if args.kv_tokens is not None:
-                    options["kv_tokens"] = args.kv_tokens
-            elif method.startswith("vpt") and args.visual_tokens is not None:
-                options["tokens"] = args.visual_tokens
+            spec = get_method(method)
+            options = spec.config_cls.size_options(args.visual_tokens, args.kv_tokens)
             config = method_config(method, options)
             # meta device: no memory and no weights needed, even for ViT-H
             with torch.device("meta"):

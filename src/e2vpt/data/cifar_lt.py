@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from e2vpt.data.core import TRAINVAL, DataError, Split, Task, check_labels, to_tensor
+from e2vpt.data.cache import CacheKey, fingerprint, load_decoded
+from e2vpt.data.core import TRAINVAL, Chunk, DataError, Split, Task, array_chunks, check_labels
 
 LT_GROUP = "cifar100-lt"
 LT_RATIOS = (10, 50, 100)
@@ -76,7 +78,13 @@ def _images_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_cifar100_lt(
-    folder: str | Path, ratio: int, image_size: int, progress: bool = True
+    folder: str | Path,
+    ratio: int,
+    image_size: int,
+    progress: bool = True,
+    *,
+    cache: bool = True,
+    quiet: bool = False,
 ) -> Task:
     folder = Path(folder)
     if ratio < 1:
@@ -103,18 +111,47 @@ def load_cifar100_lt(
         kept.append(rows[: len(rows) - n_val])
         held.append(rows[len(rows) - n_val :])
     train_rows, val_rows = np.concatenate(kept), np.concatenate(held)
-    all_rows = np.sort(np.concatenate([train_rows, val_rows]))
+    # stored in the order train, val, test (train ∪ val a view); trainval keeps file
+    # order (its batches, hence its results, as before), gathered from train and val
+    lt_rows = np.concatenate([train_rows, val_rows])
+    trainval_rows = np.argsort(lt_rows, kind="stable")
+    n_train, n_lt = len(train_rows), len(lt_rows)
+    labels = np.concatenate([train_y[lt_rows], test_y])
+    name = f"cifar100_lt{ratio}"
+    sources = [folder / "train", folder / "test"]
+    key = CacheKey(
+        kind="cifar100-lt",
+        name=name,
+        spec=str(folder.resolve()),
+        files=fingerprint(sources),
+        classes=classes,
+        labels=labels.tolist(),
+        size=image_size,
+        extra={"ratio": ratio},
+    )
 
-    def split(rows: np.ndarray, x: np.ndarray, y: np.ndarray) -> Split:
-        return Split(
-            to_tensor(np.ascontiguousarray(x[rows]), image_size), torch.from_numpy(y[rows])
-        )
+    def chunks() -> Iterator[Chunk]:
+        yield from array_chunks(train_x[lt_rows], image_size)
+        yield from array_chunks(test_x, image_size)
 
-    task = Task(name=f"cifar100_lt{ratio}", classes=classes, group=LT_GROUP, metric="error")
+    decoded = load_decoded(key, len(labels), chunks, cache=cache, quiet=quiet)
+    images, all_labels = decoded.images, torch.from_numpy(labels)
+
+    def split(start: int, stop: int) -> Split:
+        return Split(images[start:stop], all_labels[start:stop])
+
+    task = Task(
+        name=name,
+        classes=classes,
+        group=LT_GROUP,
+        metric="error",
+        source=decoded.source,
+    )
+    gather = torch.from_numpy(trainval_rows)
     task.splits = {
-        "train": split(train_rows, train_x, train_y),
-        "val": split(val_rows, train_x, train_y),
-        TRAINVAL: split(all_rows, train_x, train_y),
-        "test": split(np.arange(len(test_y)), test_x, test_y),
+        "train": split(0, n_train),
+        "val": split(n_train, n_lt),
+        TRAINVAL: Split(images[gather], all_labels[gather]),
+        "test": split(n_lt, len(labels)),
     }
     return task

@@ -2,12 +2,14 @@
 
 Every split is decoded once into a uint8 tensor; the training loop normalises batches
 on the device (FGVC's random crops are cut on the CPU from the aspect-kept images its
-training splits keep beside the central squares). VTAB-1k's 1,000 training images fit
-in memory many times over, and no epoch waits on JPEG decoding."""
+training splits keep beside the central squares), and no epoch waits on JPEG decoding.
+File-backed tasks keep the decoded tensors in an on-disk cache, memory-mapped
+(:mod:`e2vpt.data.cache`), so RAM does not grow with the data set."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,36 @@ class Split:
 
 # the split a final run trains on: train ∪ val (VTAB's train800val200)
 TRAINVAL = "trainval"
+# the splits a summary line counts (trainval is train ∪ val)
+SUMMARY_SPLITS = ("train", "val", "test")
+# a summary names the classes up to this many, else it counts them
+NAMED_CLASSES = 10
+
+_said: set[str] = set()
+
+
+def note(message: str, quiet: bool = False) -> None:
+    """One line on stderr, said once per process (a sweep reloading a task does not
+    repeat it): things a user should know but that are not errors."""
+    if quiet or message in _said:
+        return
+    _said.add(message)
+    print(f"e2vpt: {message}", file=sys.stderr, flush=True)
+
+
+def _adjacent(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
+    """``cat([a, b])`` as a view when ``b`` starts where ``a`` ends in one storage (the
+    loaders lay train and val out so), else None: train ∪ val of a memory-mapped cache
+    then costs no copy."""
+    if not (a.is_contiguous() and b.is_contiguous()) or a.shape[1:] != b.shape[1:]:
+        return None
+    if a.dtype != b.dtype or a.device != b.device or a.numel() == 0:
+        return None
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return None
+    if b.storage_offset() != a.storage_offset() + a.numel():
+        return None
+    return a.as_strided((a.shape[0] + b.shape[0], *a.shape[1:]), a.stride())
 
 
 @dataclass
@@ -47,6 +79,8 @@ class Task:
     augment: str = "none"  # the protocol's training augmentation (FGVC: random-crop-flip)
     # the protocol's input statistics: backbone (its own mean/std) | imagenet (VTAB, FGVC)
     normalization: str = "backbone"
+    # where the pixels came from, for the summary line: "from the cache at …", …
+    source: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -60,8 +94,9 @@ class Task:
                 if train.crops is not None and val.crops is not None
                 else None
             )
+            images = _adjacent(train.images, val.images)
             self.splits[name] = Split(
-                torch.cat([train.images, val.images]),
+                torch.cat([train.images, val.images]) if images is None else images,
                 torch.cat([train.labels, val.labels]),
                 crops,
             )
@@ -73,6 +108,28 @@ class Task:
 
     def has_split(self, name: str) -> bool:
         return name in self.splits or (name == TRAINVAL and {"train", "val"} <= set(self.splits))
+
+    def summary(self) -> str:
+        """One line that says what was loaded, so a wrong folder or a missing split shows
+        before any training: ``data: pets — 2 classes (cat, dog); train 8, val 2, test —``."""
+        if self.num_classes <= NAMED_CLASSES:
+            classes = f" ({', '.join(str(c) for c in self.classes)})"
+        else:
+            classes = ""
+        plural = "" if self.num_classes == 1 else "es"
+        counts = ", ".join(
+            f"{s} {len(self.splits[s]) if s in self.splits else '—'}" for s in SUMMARY_SPLITS
+        )
+        source = f" ({self.source})" if self.source else ""
+        return f"data: {self.name} — {self.num_classes} class{plural}{classes}; {counts}{source}"
+
+
+def rows_of(images: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+    """``images[rows]``: a view when the rows are consecutive (a cache's pages stay
+    shared, nothing is copied), else the copy indexing makes."""
+    if rows and list(rows) == list(range(rows[0], rows[0] + len(rows))):
+        return images[rows[0] : rows[0] + len(rows)]
+    return images[torch.tensor(rows, dtype=torch.int64)]
 
 
 def to_tensor(images_hwc: np.ndarray, size: int, chunk: int = 512) -> torch.Tensor:
@@ -133,33 +190,55 @@ def read_image_and_aspect(path: Path, size: int) -> tuple[np.ndarray, np.ndarray
     return np.ascontiguousarray(full[top : top + size, left : left + size]), full
 
 
-def decode_images_and_aspect(
-    paths: Sequence[Path], size: int, desc: str, progress: bool
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """N×3×size×size uint8 central squares (as ``decode_images(keep_aspect=True)``) and,
-    per image, the 3×h×w uint8 aspect-kept image (shorter side = size), each decoded once."""
-    squares, fulls = [], []
-    for path in tqdm(paths, desc=desc, disable=not progress, leave=False):
-        square, full = read_image_and_aspect(path, size)
-        squares.append(square)
-        fulls.append(torch.from_numpy(full).permute(2, 0, 1).contiguous())
-    return to_tensor(np.stack(squares), size), fulls
+# images decoded per chunk: a chunk is what decoding holds in RAM before it is written
+# to the cache file or the in-memory tensor (256 at 224² are 38 MB)
+DECODE_CHUNK = 256
 
 
-def decode_images(
+@dataclass
+class Chunk:
+    """Consecutive decoded images: N×3×S×S uint8 squares and, for those among the first
+    ``crop_count`` of the run (FGVC's trained splits), their 3×h×w aspect-kept images."""
+
+    squares: np.ndarray
+    crops: list[np.ndarray] = field(default_factory=list)
+
+
+def image_chunks(
     paths: Sequence[Path],
     size: int,
     desc: str,
     progress: bool,
     keep_aspect: bool = False,
-) -> torch.Tensor:
-    images = np.stack(
-        [
-            read_image(path, size, keep_aspect)
-            for path in tqdm(paths, desc=desc, disable=not progress, leave=False)
-        ]
-    )
-    return to_tensor(images, size)  # already at size: only the layout changes
+    crop_count: int = 0,
+    chunk: int = DECODE_CHUNK,
+) -> Iterator[Chunk]:
+    """``paths`` decoded in order, ``chunk`` at a time, so no caller ever holds more
+    than one chunk of decoded pixels besides its output. The first ``crop_count`` images
+    are decoded once into both views (:func:`read_image_and_aspect`), the rest as
+    :func:`read_image` does; either way the squares are the same pixels."""
+    bar = tqdm(total=len(paths), desc=desc, disable=not progress, leave=False)
+    try:
+        for start in range(0, len(paths), chunk):
+            squares, crops = [], []
+            for i, path in enumerate(paths[start : start + chunk], start=start):
+                if i < crop_count:
+                    square, full = read_image_and_aspect(path, size)
+                    crops.append(np.ascontiguousarray(full.transpose(2, 0, 1)))
+                else:
+                    square = read_image(path, size, keep_aspect)
+                squares.append(square)
+                bar.update()
+            yield Chunk(np.ascontiguousarray(np.stack(squares).transpose(0, 3, 1, 2)), crops)
+    finally:
+        bar.close()
+
+
+def array_chunks(images_hwc: np.ndarray, size: int, chunk: int = DECODE_CHUNK) -> Iterator[Chunk]:
+    """In-memory N×H×W×3 uint8 images (CIFAR's pickles) resized to size, chunk by chunk."""
+    for start in range(0, len(images_hwc), chunk):
+        part = np.ascontiguousarray(images_hwc[start : start + chunk])
+        yield Chunk(to_tensor(part, size).numpy())
 
 
 def check_labels(labels: Sequence[int], num_classes: int, source: Path) -> None:

@@ -6,7 +6,7 @@ Each image is resized so its shorter side is 256/224 of the input size, aspect k
 Every split stores the central square of that (evaluation centre-crops it to the input:
 Resize 256 → CenterCrop 224); ``train`` and ``val`` (val is part of train+val in final
 runs) also keep the whole resized images as ``Split.crops``, and training takes a random
-input-size crop anywhere in one (the whole long side) + horizontal flip — SPEC's
+input-size crop anywhere in one (the whole long side) + horizontal flip — the official
 Resize 256 → RandomCrop 224 → flip, at any input size. ``test`` keeps the squares only."""
 
 from __future__ import annotations
@@ -16,14 +16,8 @@ from pathlib import Path
 
 import torch
 
-from e2vpt.data.core import (
-    DataError,
-    Split,
-    Task,
-    check_labels,
-    decode_images,
-    decode_images_and_aspect,
-)
+from e2vpt.data.cache import CacheKey, fingerprint, load_decoded
+from e2vpt.data.core import DataError, Split, Task, check_labels, image_chunks
 
 FGVC_GROUP = "fgvc"
 # dataset → classes; keys are folder names, lower-cased, without _ - or spaces
@@ -81,7 +75,14 @@ def _image_dir(folder: Path, first: str) -> Path:
     )
 
 
-def load_fgvc(folder: str | Path, image_size: int, progress: bool = True) -> Task:
+def load_fgvc(
+    folder: str | Path,
+    image_size: int,
+    progress: bool = True,
+    *,
+    cache: bool = True,
+    quiet: bool = False,
+) -> Task:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(
@@ -94,27 +95,53 @@ def load_fgvc(folder: str | Path, image_size: int, progress: bool = True) -> Tas
     )
     image_dir = _image_dir(folder, lists["train"][0][0])
     store = fgvc_store_size(image_size)
+    for split, entries in lists.items():
+        check_labels([label for _, label in entries], num_classes, folder / f"{split}.json")
+        for rel, _ in entries:
+            if not (image_dir / rel).is_file():
+                raise DataError(
+                    f"{folder / f'{split}.json'} lists {rel}, but {image_dir / rel} does not exist"
+                )
+    # train, val, test in one run of images: train ∪ val is then a view, and the
+    # aspect-kept crops are those of the first len(train) + len(val) images
+    paths = [image_dir / rel for s in FGVC_SPLITS for rel, _ in lists[s]]
+    crop_count = sum(len(lists[s]) for s in CROPPED_SPLITS)
+    classes = [str(c) for c in range(num_classes)]
+    key = CacheKey(
+        kind="fgvc",
+        name=folder.name,
+        spec=str(folder.resolve()),
+        files=fingerprint(paths),
+        classes=classes,
+        labels=[label for s in FGVC_SPLITS for _, label in lists[s]],
+        size=store,
+        extra={"input_size": image_size, "crops": list(CROPPED_SPLITS)},
+    )
+    decoded = load_decoded(
+        key,
+        len(paths),
+        lambda: image_chunks(
+            paths, store, f"decode {folder.name}", progress, keep_aspect=True, crop_count=crop_count
+        ),
+        crop_count=crop_count,
+        cache=cache,
+        quiet=quiet,
+    )
     task = Task(
         name=folder.name,
-        classes=[str(c) for c in range(num_classes)],
+        classes=classes,
         group=FGVC_GROUP,
         augment="random-crop-flip",
         normalization="imagenet",
+        source=decoded.source,
     )
-    for split, entries in lists.items():
-        check_labels([label for _, label in entries], num_classes, folder / f"{split}.json")
-        paths = [image_dir / rel for rel, _ in entries]
-        for (rel, _), path in zip(entries, paths, strict=True):
-            if not path.is_file():
-                raise DataError(
-                    f"{folder / f'{split}.json'} lists {rel}, but {path} does not exist"
-                )
-        desc = f"decode {split}"
+    start = 0
+    for split in FGVC_SPLITS:  # CROPPED_SPLITS come first
+        n = len(lists[split])
         crops = None
-        if split in CROPPED_SPLITS:
-            images, crops = decode_images_and_aspect(paths, store, desc, progress)
-        else:
-            images = decode_images(paths, store, desc, progress, keep_aspect=True)
-        labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
-        task.splits[split] = Split(images, labels, crops)
+        if split in CROPPED_SPLITS and decoded.crops is not None:
+            crops = decoded.crops[start : start + n]
+        labels = torch.tensor([label for _, label in lists[split]], dtype=torch.int64)
+        task.splits[split] = Split(decoded.images[start : start + n], labels, crops)
+        start += n
     return task

@@ -9,12 +9,21 @@ from pathlib import Path
 
 import torch
 
-from e2vpt.data.core import TRAINVAL, DataError, Split, Task, check_labels, decode_images
+from e2vpt.data.cache import CacheKey, fingerprint, load_decoded
+from e2vpt.data.core import (
+    TRAINVAL,
+    DataError,
+    Split,
+    Task,
+    check_labels,
+    image_chunks,
+    rows_of,
+)
 
 NATURAL, SPECIALIZED, STRUCTURED = "natural", "specialized", "structured"
 VTAB_GROUPS = (NATURAL, SPECIALIZED, STRUCTURED)
 
-# task → (group, classes), SPEC §3
+# task → (group, classes), as the VTAB-1k benchmark defines them
 VTAB_TASKS: dict[str, tuple[str, int]] = {
     "caltech101": (NATURAL, 102),
     "cifar100": (NATURAL, 100),
@@ -85,8 +94,15 @@ def read_split_list(path: Path) -> list[tuple[str, int]]:
     return entries
 
 
-def load_vtab(folder: str | Path, image_size: int, progress: bool = True) -> Task:
-    """One VTAB-1k task; class count and group from SPEC §3 for the 19 known names,
+def load_vtab(
+    folder: str | Path,
+    image_size: int,
+    progress: bool = True,
+    *,
+    cache: bool = True,
+    quiet: bool = False,
+) -> Task:
+    """One VTAB-1k task; class count and group from VTAB_TASKS for the 19 known names,
     else (a custom task in the same layout) the largest label + 1 and no group."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -102,23 +118,41 @@ def load_vtab(folder: str | Path, image_size: int, progress: bool = True) -> Tas
         group, num_classes = None, 1 + max(label for e in lists.values() for _, label in e)
     for split, entries in lists.items():
         check_labels([label for _, label in entries], num_classes, folder / VTAB_SPLIT_FILES[split])
-    # train800val200 repeats train800 and val200: decode every distinct file once
-    unique = sorted({rel for entries in lists.values() for rel, _ in entries})
+    # train800val200 repeats train800 and val200: decode every distinct file once, in
+    # first-seen order (train800, val200, test), so each list is a slice — a view, no copy
+    index: dict[str, int] = {}
+    for entries in lists.values():
+        for rel, _ in entries:
+            index.setdefault(rel, len(index))
+    unique = list(index)
     paths = [folder / rel for rel in unique]
     for rel, path in zip(unique, paths, strict=True):
         if not path.is_file():
             source = next(f for s, f in VTAB_SPLIT_FILES.items() if rel in dict(lists[s]))
             raise DataError(f"{folder / source} lists {rel}, but {path} does not exist")
-    images = decode_images(paths, image_size, f"decode {name}", progress)
-    index = {rel: i for i, rel in enumerate(unique)}
-    task = Task(
+    classes = [str(c) for c in range(num_classes)]
+    key = CacheKey(
+        kind="vtab",
         name=name,
-        classes=[str(c) for c in range(num_classes)],
-        group=group,
-        normalization="imagenet",
+        spec=str(folder.resolve()),
+        files=fingerprint(paths),
+        classes=classes,
+        labels=[label for s in VTAB_SPLIT_FILES for _, label in lists[s]],
+        size=image_size,
+        extra={},
+    )
+    decoded = load_decoded(
+        key,
+        len(paths),
+        lambda: image_chunks(paths, image_size, f"decode {name}", progress),
+        cache=cache,
+        quiet=quiet,
+    )
+    task = Task(
+        name=name, classes=classes, group=group, normalization="imagenet", source=decoded.source
     )
     for split, entries in lists.items():
-        rows = torch.tensor([index[rel] for rel, _ in entries])
+        rows = [index[rel] for rel, _ in entries]
         labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
-        task.splits[split] = Split(images[rows], labels)
+        task.splits[split] = Split(rows_of(decoded.images, rows), labels)
     return task

@@ -63,7 +63,7 @@ class PromptedViT(PromptedModel):
 
     @staticmethod
     def _set_pooling(backbone: nn.Module, requested: str | None) -> str:
-        """SPEC §1.4: the backbone's convention (CLS; MAE: mean of the non-CLS tokens
+        """The backbone's convention (CLS; MAE: mean of the non-CLS tokens
         then ``fc_norm``), or what the user asks for."""
         pool = requested or getattr(backbone, "e2vpt_pool_convention", None)
         pool = pool or backbone.global_pool or "token"

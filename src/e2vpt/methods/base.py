@@ -19,6 +19,13 @@ class MethodConfig:
     name: ClassVar[str] = ""
     trains_backbone: ClassVar[bool] = False  # only `full`: backbone in train mode
     optimizer: ClassVar[str] = "sgd"
+    # lr = base_lr × batch / 256 when no base_lr is given, per optimizer; the papers grid-
+    # search it per task (`e2vpt sweep` does), these were checked on the demo backbone
+    default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.1, "adamw": 0.04}
+    # only the head learns: its inputs (the frozen features) can be computed once
+    head_only: ClassVar[bool] = False
+    # the checkpoint holds a backbone's worth of tensors: sweeps keep it for finals only
+    large_checkpoint: ClassVar[bool] = False
     # options the official recipe fixes: giving another value with it is an error
     official_options: ClassVar[dict[str, Any]] = {}
 
@@ -36,6 +43,11 @@ class MethodConfig:
             for key, pinned in cls.official_options.items()
             if key in values and values[key] != pinned
         ]
+
+    @classmethod
+    def size_options(cls, visual_tokens: int | None, kv_tokens: int | None) -> dict[str, Any]:
+        """This method's options for `e2vpt info --visual-tokens/--kv-tokens` ({}: none)."""
+        return {}
 
     @property
     def method_name(self) -> str:
@@ -79,6 +91,9 @@ class MethodSpec:
     apply: ApplyFn
     summary: str
     fixed: tuple[tuple[str, Any], ...] = ()  # options this name pins (vpt-deep: deep=True)
+    rank: float = 100.0  # place in lists and tables (the papers' order: full, linear, …)
+    # the papers' published ViT-B/16 IN-21k top-1 % (VTAB-1k group means, FGVC mean)
+    paper_anchors: tuple[tuple[str, float], ...] = ()
 
     def make_config(self, values: dict[str, Any] | None = None) -> MethodConfig:
         values = dict(values or {})
@@ -106,24 +121,35 @@ def register_method(
     summary: str,
     name: str | None = None,
     fixed: dict[str, Any] | None = None,
+    rank: float = 100.0,
+    paper_anchors: dict[str, float] | None = None,
 ) -> Callable[[ApplyFn], ApplyFn]:
-    """Decorator for a method's ``apply(model, config)`` function."""
+    """Decorator for a method's ``apply(model, config)`` function: the one line that
+    makes a method known to the CLI, checkpoints, sweeps and reports."""
 
     def decorator(fn: ApplyFn) -> ApplyFn:
         key = name or config_cls.name
-        _REGISTRY[key] = MethodSpec(key, config_cls, fn, summary, tuple((fixed or {}).items()))
+        _REGISTRY[key] = MethodSpec(
+            key,
+            config_cls,
+            fn,
+            summary,
+            tuple((fixed or {}).items()),
+            rank,
+            tuple((paper_anchors or {}).items()),
+        )
         return fn
 
     return decorator
 
 
-_DISPLAY_ORDER = ["linear", "full", "bias", "vpt-shallow", "vpt-deep", "e2vpt"]
-
-
 def list_methods() -> list[str]:
-    """Registered names, baselines first (the papers' table order), then any others."""
-    known = [n for n in _DISPLAY_ORDER if n in _REGISTRY]
-    return known + sorted(n for n in _REGISTRY if n not in known)
+    """Registered names in the papers' table order (baselines first), then any others."""
+    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].rank, n))
+
+
+def registered_methods() -> list[MethodSpec]:
+    return [_REGISTRY[n] for n in list_methods()]
 
 
 def get_method(name: str) -> MethodSpec:

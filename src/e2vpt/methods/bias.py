@@ -14,9 +14,10 @@ if TYPE_CHECKING:
 @dataclass
 class BiasConfig(MethodConfig):
     name: ClassVar[str] = "bias"
+    default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.2, "adamw": 0.04}
 
 
-@register_method(BiasConfig, "all biases + head (BitFit)")
+@register_method(BiasConfig, "all biases + head (BitFit)", rank=5)
 def apply_bias(model: PromptedModel, config: BiasConfig) -> None:
     model.freeze_backbone()
     for name, param in model.backbone.named_parameters():

@@ -1,4 +1,4 @@
-"""The papers' protocol for one task × method (SPEC §3): an lr × weight-decay grid
+"""The papers' protocol for one task × method: an lr × weight-decay grid
 trained on ``train`` (VTAB's train800) and scored on ``val`` (val200) at the last epoch;
 the best point (ties → smaller lr, then larger weight decay) is retrained on
 ``trainval`` (train800val200) with each final seed and scored on ``test``;
@@ -42,8 +42,8 @@ PRUNED_SUFFIX = "-pruned"
 
 @dataclass
 class SweepSettings:
-    base_lrs: list[float] | None = None  # None: SPEC's grid (SGD) or ADAMW_BASE_LRS
-    weight_decays: list[float] | None = None  # None: SPEC's {0.01, 1e-3, 1e-4, 0}
+    base_lrs: list[float] | None = None  # None: the papers' grid (SGD) or ADAMW_BASE_LRS
+    weight_decays: list[float] | None = None  # None: the papers' {0.01, 1e-3, 1e-4, 0}
     seeds: list[int] = field(default_factory=lambda: list(SPEC_SEEDS))
     output_dir: str = "runs/sweeps"
     devices: list[str] | None = None  # one worker process per device; None: in-process
@@ -194,8 +194,8 @@ class Sweep:
                     eval_split=None,
                     output_dir=str(self.root / "grid" / f"lr{lr:g}_wd{wd:g}"),
                 ),
-                # full fine-tuning's checkpoint is the whole backbone: keep finals only
-                save_checkpoint=self.method != "full",
+                # a backbone-sized checkpoint (full fine-tuning): kept for finals only
+                save_checkpoint=not self.cfg.build_method_config().large_checkpoint,
                 extra={"base_lr": lr, "weight_decay": wd},
             )
             for lr in self.lrs

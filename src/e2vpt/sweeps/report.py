@@ -2,7 +2,7 @@
 each task's mean ± std over seeds, each group's mean, the mean of the VTAB group means
 (the papers' headline), the plain mean over VTAB-group tasks (the 19-task mean), the
 FGVC mean, CIFAR-100-LT as error rates, and tunable parameters — plus a plot of
-accuracy against tunable parameters. Optional rows: SPEC §4's anchor numbers."""
+accuracy against tunable parameters. Optional rows: the papers' published numbers."""
 
 from __future__ import annotations
 
@@ -17,31 +17,25 @@ from typing import Any
 from e2vpt.data.vtab import VTAB_GROUPS, VTAB_TASKS
 from e2vpt.errors import SweepError
 from e2vpt.files import atomic_write_bytes, atomic_write_text
+from e2vpt.methods.base import list_methods, registered_methods
 from e2vpt.reporting import format_table, write_csv, write_json
-from e2vpt.sweeps.protocol import SWEEP_FILE
+from e2vpt.sweeps.protocol import PRUNED_SUFFIX, SWEEP_FILE
 
 GROUP_ORDER = (*VTAB_GROUPS, "fgvc", "cifar100-lt")
-METHOD_ORDER = (
-    "full",
-    "linear",
-    "bias",
-    "vpt-shallow",
-    "vpt-deep",
-    "e2vpt",
-    "e2vpt-pruned",
-)
 HEADLINE = "mean of group means"
 TASK_MEAN = "mean of tasks"
 
-# SPEC §4: ViT-B/16 IN-21k, top-1 % (VTAB-1k group means, FGVC mean)
-ANCHORS: dict[str, dict[str, float]] = {
-    "full": {"natural": 75.88, "specialized": 83.36, "structured": 47.64, "fgvc": 88.54},
-    "linear": {"natural": 68.93, "specialized": 77.16, "structured": 26.84, "fgvc": 79.32},
-    "vpt-shallow": {"natural": 76.81, "specialized": 79.66, "structured": 46.98, "fgvc": 84.62},
-    "vpt-deep": {"natural": 78.48, "specialized": 82.43, "structured": 54.98, "fgvc": 89.11},
-    "e2vpt": {"natural": 80.01, "specialized": 84.43, "structured": 57.39, "fgvc": 89.22},
-}
-ANCHOR_SOURCE = "SPEC §4, ViT-B/16 IN-21k (papers)"
+ANCHOR_SOURCE = "the VPT / E²VPT papers, ViT-B/16 IN-21k"
+
+
+def method_order() -> tuple[str, ...]:
+    """The registry's order (the papers' tables), each method's pruned row after it."""
+    return tuple(n for name in list_methods() for n in (name, name + PRUNED_SUFFIX))
+
+
+def paper_anchors() -> dict[str, dict[str, float]]:
+    """Each method's published top-1 % (VTAB-1k group means, FGVC mean), as it registers."""
+    return {s.name: dict(s.paper_anchors) for s in registered_methods() if s.paper_anchors}
 
 
 @dataclass
@@ -183,7 +177,8 @@ def build_report(
     found |= {(g, t, "top1") for t, g in (expected_tasks or {}).items() if t not in seen}
     tasks = sorted(found, key=lambda t: (_order(t[0], GROUP_ORDER), t[1]))
     groups = sorted({g for g, _, _ in tasks}, key=lambda g: _order(g, GROUP_ORDER))
-    methods = sorted({e.method for e in entries}, key=lambda m: _order(m, METHOD_ORDER))
+    order = method_order()
+    methods = sorted({e.method for e in entries}, key=lambda m: _order(m, order))
     # the same task × method on other backbones are other results: one row each
     backbones = sorted({e.backbone for e in entries})
     rows = []
@@ -217,7 +212,7 @@ def build_report(
         row["tasks"] = len(mine)
         rows.append(row)
     if anchors:
-        for method, values in ANCHORS.items():
+        for method, values in paper_anchors().items():
             row = {"method": f"paper: {method}", "source": ANCHOR_SOURCE}
             for group in groups:
                 if group in values:

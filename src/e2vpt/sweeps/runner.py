@@ -26,6 +26,9 @@ from e2vpt.training.config import RUNTIME_FIELDS, TrainConfig
 # computes. Keeping them out of its key also means trials finished before such a lever
 # existed are still recognised as finished.
 _NOT_IN_KEY = RUNTIME_FIELDS
+# fields added later whose default means "as before the field existed": left out of the
+# key at that value, so trials finished earlier are still recognised as finished
+_NEUTRAL_DEFAULTS: dict[str, Any] = {"val_fraction": None}
 
 
 @dataclass
@@ -40,7 +43,11 @@ class Trial:
 
     def key(self) -> str:
         """What the trial computes; a finished trial with another key is redone."""
-        config = {k: v for k, v in self.config.items() if k not in _NOT_IN_KEY}
+        config = {
+            k: v
+            for k, v in self.config.items()
+            if k not in _NOT_IN_KEY and not (k in _NEUTRAL_DEFAULTS and v == _NEUTRAL_DEFAULTS[k])
+        }
         prune = None
         if self.prune is not None:
             prune = {k: v for k, v in self.prune.items() if k != "source"}

@@ -37,6 +37,7 @@ RUNTIME_FIELDS = (
     "grad_checkpointing",
     "compile",
     "state_every",
+    "data_cache",
 )
 # task: the task's protocol (ImageNet mean/std for VTAB-1k and FGVC, the backbone's own
 # statistics elsewhere); imagenet; backbone: the backbone's pretrained_cfg mean/std
@@ -47,29 +48,6 @@ LEGACY_TRAIN_FIELDS: dict[str, Any] = {
     "head_init": "trunc-normal",
     "normalize": "backbone",
 }
-
-# Starting points for lr = base_lr × batch / 256 when none is given, per optimizer.
-# The papers grid-search base_lr per task (the sweep command does); these were
-# checked on the demo backbone and its built-in tasks.
-DEFAULT_BASE_LR = {
-    "sgd": {
-        "linear": 0.2,
-        "bias": 0.2,
-        "vpt-shallow": 0.25,
-        "vpt-deep": 0.25,
-        "e2vpt": 0.25,
-        "full": 0.05,
-    },
-    "adamw": {
-        "linear": 0.04,
-        "bias": 0.04,
-        "vpt-shallow": 0.04,
-        "vpt-deep": 0.04,
-        "e2vpt": 0.04,
-        "full": 5e-4,
-    },
-}
-
 
 # `e2vpt train` with no arguments: the defaults below (the papers' schedule) plus these,
 # sized to finish in minutes on two CPU cores. AdamW because on the small demo backbone
@@ -96,7 +74,9 @@ class TrainConfig:
     data: str = (
         "builtin:count"  # builtin:*, vtab:DIR, fgvc:DIR, cifar100-lt<ρ>:DIR or an image folder
     )
-    data_seed: int = 0  # seed of a built-in task's generator
+    data_seed: int = 0  # seed of a built-in task's generator and of --val-fraction's draw
+    val_fraction: float | None = None  # image folder without val/: hold out this share of train
+    data_cache: bool = True  # decode files once into a memory-mapped cache ($E2VPT_CACHE_DIR)
     output_dir: str | None = None  # run folder (None: a new runs/<task>-<method>[-N])
     epochs: int = 100  # training epochs
     batch_size: int = 64  # images per step
@@ -150,6 +130,8 @@ class TrainConfig:
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         parse_device(self.device)
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.state_every < 0:
             raise ConfigError(f"state_every must be >= 0, got {self.state_every}")
         if self.weight_decay < 0:
@@ -187,8 +169,8 @@ class TrainConfig:
     def resolved_base_lr(self) -> float:
         if self.base_lr is not None:
             return self.base_lr
-        table = DEFAULT_BASE_LR[self.resolved_optimizer()]
-        return table.get(self.build_method_config().method_name, 0.1)
+        defaults = type(self.build_method_config()).default_base_lr
+        return defaults.get(self.resolved_optimizer(), 0.1)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

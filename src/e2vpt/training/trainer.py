@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -117,7 +118,7 @@ def preflight(
             "weights with --weights (or leave it out for the hub / bundled weights)"
         )
     if data:
-        check_task_spec(cfg.data)
+        check_task_spec(cfg.data, val_fraction=cfg.val_fraction)
     if cfg.output_dir is not None:
         plan_run_folder(cfg, existing, identity)  # refused: before even a test write
         check_writable(Path(cfg.output_dir))
@@ -253,7 +254,15 @@ class _HeadOnFeatures(nn.Module):
 
 
 def _load_task(cfg: TrainConfig, image_size: int) -> Task:
-    return load_task(cfg.data, image_size, seed=cfg.data_seed, progress=cfg.progress)
+    return load_task(
+        cfg.data,
+        image_size,
+        seed=cfg.data_seed,
+        progress=cfg.progress,
+        val_fraction=cfg.val_fraction,
+        cache=cfg.data_cache,
+        quiet=int(os.environ.get("RANK", "0")) > 0,  # torchrun: rank 0 alone says it
+    )
 
 
 def load_task_for(cfg: TrainConfig) -> Task:
@@ -494,7 +503,7 @@ def _train(
 
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
     augment = task.augment if cfg.augment == "auto" else cfg.augment
-    cached = method_cfg.method_name == "linear" and cfg.cache_features and augment == "none"
+    cached = method_cfg.head_only and cfg.cache_features and augment == "none"
     start = time.perf_counter()
     if cached:
         # The frozen backbone runs once per image; the head then trains on features.
