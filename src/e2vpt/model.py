@@ -99,7 +99,12 @@ class PromptedModel(nn.Module):
         self.num_classes = num_classes
         self.patch_size = tuple(backbone.patch_embed.patch_size)
         self.visual_prompts: VisualPrompts | None = None  # ViT's (prunable) prompts
+        # between the pooled features and the head: a method's classifier layers (MLP-k)
+        self.pre_head: nn.Module = nn.Identity()
         self.frozen_backbone = True
+        # backbone modules a method trains while the rest stays frozen (Partial-k's
+        # blocks): in train mode with the model, the rest of the backbone in eval mode
+        self.trained_backbone_modules: list[nn.Module] = []
         self.method_config: MethodConfig | None = None
         self.global_pool = ""
         # recompute each block's activations in the backward instead of storing them
@@ -142,6 +147,8 @@ class PromptedModel(nn.Module):
         super().train(mode)
         if self.frozen_backbone:
             self.backbone.eval()
+            for module in self.trained_backbone_modules:
+                module.train(mode)
         return self
 
     def head_parameter_names(self) -> list[str]:
@@ -162,9 +169,26 @@ class PromptedModel(nn.Module):
     def add_kv_prompts(self, tokens: int, shared: bool, init: str = "heads") -> None:
         raise NotImplementedError
 
+    def backbone_blocks(self) -> list[nn.Module]:
+        """The backbone's transformer blocks, input to output (Swin: every stage's)."""
+        raise NotImplementedError
+
+    def final_norm(self) -> nn.Module:
+        """The norm the pooled features pass through last."""
+        raise NotImplementedError
+
+    @property
+    def feature_width(self) -> int:
+        """Width of the pooled features the head reads."""
+        return int(self.head.in_features)
+
     # -- forward ---------------------------------------------------------------------
     def forward_pre_logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooled features → logits (through the method's classifier layers, if any)."""
+        return self.head(self.pre_head(features))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_pre_logits(x))
+        return self.forward_head(self.forward_pre_logits(x))

@@ -20,7 +20,7 @@ from e2vpt.pruning import (
     importance_scores,
     make_plan,
 )
-from tests.conftest import make_tiny_vit
+from tests.conftest import make_tiny_swin, make_tiny_vit
 
 TOKENS, SEGMENTS = 4, 16  # tiny ViT: width 64 → 4 dims per segment
 
@@ -221,6 +221,10 @@ def test_pruning_needs_an_unpruned_e2vpt_model() -> None:
     apply_plan(model, plan)
     with pytest.raises(e2vpt.ConfigError, match="already pruned"):
         apply_plan(model, plan)
+    # E²VPT on a family without maskable visual prompts (Swin) is refused by name
+    swin = e2vpt.wrap(make_tiny_swin(), e2vpt.E2VPTConfig(visual_tokens=2, kv_tokens=1), 5)
+    with pytest.raises(e2vpt.ConfigError, match="implemented for ViT backbones"):
+        importance_scores(swin, torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))
 
 
 def layer_norm_eps_model(eps: float) -> e2vpt.PromptedViT:

@@ -775,9 +775,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 backbone = create_backbone(name, pretrained=False)
             model = wrap(backbone, config, args.num_classes)
             counts = count_parameters(model)
-            described = ", ".join(
-                f"{k}={v}" for k, v in config.to_dict().items() if "tokens" in k or k == "shared_kv"
-            )
+            described = config.describe_size()
             row = {"backbone": name} if len(names) > 1 else {}
             rows.append(
                 row

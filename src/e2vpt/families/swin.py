@@ -90,6 +90,12 @@ class PromptedSwin(PromptedModel):
                 base = prompt_attention_of(block).base
                 block.attn = PromptedWindowAttention(base, tokens, shared, init)
 
+    def backbone_blocks(self) -> list[nn.Module]:
+        return [block for stage in self.backbone.layers for block in stage.blocks]
+
+    def final_norm(self) -> nn.Module:
+        return self.backbone.norm
+
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         bb = self.backbone
         x = bb.patch_embed(x)

@@ -107,6 +107,16 @@ class PromptedViT(PromptedModel):
     def add_kv_prompts(self, tokens: int, shared: bool, init: str = "heads") -> None:
         add_kv_prompts(self.backbone, tokens=tokens, shared=shared, init=init)
 
+    def backbone_blocks(self) -> list[nn.Module]:
+        return list(self.backbone.blocks)
+
+    def final_norm(self) -> nn.Module:
+        # pooling-side norm (MAE-style avg-fc-norm moves the final norm there), else norm
+        fc_norm = getattr(self.backbone, "fc_norm", None)
+        if fc_norm is not None and not isinstance(fc_norm, nn.Identity):
+            return fc_norm
+        return self.backbone.norm
+
     # -- forward ---------------------------------------------------------------------
     def _insert_prompts(self, x: torch.Tensor, layer: int) -> torch.Tensor:
         prompts = self.visual_prompts

@@ -13,6 +13,8 @@ from e2vpt.methods.bias import BiasConfig
 from e2vpt.methods.e2vpt import E2VPTConfig
 from e2vpt.methods.full import FullConfig
 from e2vpt.methods.linear import LinearConfig
+from e2vpt.methods.mlp import MLPConfig
+from e2vpt.methods.partial import PartialConfig
 from e2vpt.methods.vpt import VPTConfig
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "E2VPTConfig",
     "FullConfig",
     "LinearConfig",
+    "MLPConfig",
+    "PartialConfig",
     "MethodConfig",
     "MethodSpec",
     "VPTConfig",

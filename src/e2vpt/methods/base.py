@@ -26,6 +26,8 @@ class MethodConfig:
     head_only: ClassVar[bool] = False
     # the checkpoint holds a backbone's worth of tensors: sweeps keep it for finals only
     large_checkpoint: ClassVar[bool] = False
+    # the options that set its size, shown beside its counts (`e2vpt info`)
+    size_fields: ClassVar[tuple[str, ...]] = ()
     # options the official recipe fixes: giving another value with it is an error
     official_options: ClassVar[dict[str, Any]] = {}
 
@@ -43,6 +45,15 @@ class MethodConfig:
             for key, pinned in cls.official_options.items()
             if key in values and values[key] != pinned
         ]
+
+    def tunes(self, model: nn.Module, name: str) -> bool:
+        """Whether this method trains the wrapped ``model``'s parameter ``name`` (every
+        method trains the head; contract tests check ``requires_grad`` against this)."""
+        return name.startswith("head.")
+
+    def describe_size(self) -> str:
+        """``visual_tokens=10, kv_tokens=5``: the options that set the method's size."""
+        return ", ".join(f"{k}={getattr(self, k)}" for k in self.size_fields)
 
     @classmethod
     def size_options(cls, visual_tokens: int | None, kv_tokens: int | None) -> dict[str, Any]:

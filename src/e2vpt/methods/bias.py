@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from torch import nn
+
 from e2vpt.methods.base import MethodConfig, register_method
 
 if TYPE_CHECKING:
@@ -15,6 +17,9 @@ if TYPE_CHECKING:
 class BiasConfig(MethodConfig):
     name: ClassVar[str] = "bias"
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.2, "adamw": 0.04}
+
+    def tunes(self, model: nn.Module, name: str) -> bool:
+        return name.startswith("head.") or (name.startswith("backbone.") and name.endswith(".bias"))
 
 
 @register_method(BiasConfig, "all biases + head (BitFit)", rank=5)

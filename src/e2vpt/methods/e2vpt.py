@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from torch import nn
+
 from e2vpt.layers.kv_attention import KV_INITS
 from e2vpt.layers.prompts import SEGMENT_LAYOUTS
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
@@ -37,6 +39,12 @@ class E2VPTConfig(MethodConfig):
     segment_layout: str = "interleaved"  # interleaved: dim j → segment j mod R | contiguous
     train_masks: bool = True  # token/segment masks learn with the prompts (official code)
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.25, "adamw": 0.04}
+    size_fields: ClassVar[tuple[str, ...]] = ("visual_tokens", "kv_tokens", "shared_kv")
+
+    def tunes(self, model: nn.Module, name: str) -> bool:
+        # the masks are parameters only when they train (train_masks), buffers otherwise
+        prompts = name.startswith(("head.", "visual_prompts.", "stage_prompts."))
+        return prompts or name.endswith(("attn.key_prompt", "attn.value_prompt"))
 
     @classmethod
     def size_options(cls, visual_tokens: int | None, kv_tokens: int | None) -> dict[str, Any]:

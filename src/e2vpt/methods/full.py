@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from torch import nn
+
 from e2vpt.methods.base import MethodConfig, register_method
 
 if TYPE_CHECKING:
@@ -18,6 +20,9 @@ class FullConfig(MethodConfig):
     optimizer: ClassVar[str] = "adamw"
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.05, "adamw": 5e-4}
     large_checkpoint: ClassVar[bool] = True
+
+    def tunes(self, model: nn.Module, name: str) -> bool:
+        return True
 
 
 @register_method(

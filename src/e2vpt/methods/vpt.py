@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from torch import nn
+
 from e2vpt.methods.base import MethodConfig, register_method
 
 if TYPE_CHECKING:
@@ -25,6 +27,10 @@ class VPTConfig(MethodConfig):
     dropout: float = 0.0  # prompt dropout (the official VPT code: 0.0)
     project: bool = False  # optional linear projection of the prompts (off in the paper)
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.25, "adamw": 0.04}
+    size_fields: ClassVar[tuple[str, ...]] = ("tokens",)
+
+    def tunes(self, model: nn.Module, name: str) -> bool:
+        return name.startswith(("head.", "visual_prompts.", "stage_prompts."))
 
     @classmethod
     def size_options(cls, visual_tokens: int | None, kv_tokens: int | None) -> dict[str, Any]:

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from e2vpt.families import PromptedViT
 from e2vpt.layers.prompts import PRUNE_MODES, VisualPrompts
 from e2vpt.methods.base import ConfigError
+from e2vpt.methods.e2vpt import E2VPTConfig
+from e2vpt.model import PromptedModel
 
 # lower = pruned first, for every score
 SCORE_MODES = ("ablation", "official", "abs", "signed", "random")
@@ -73,17 +74,18 @@ class ImportanceScores:
         )
 
 
-def prunable_prompts(model: PromptedViT) -> VisualPrompts:
-    if not isinstance(model, PromptedViT):
+def prunable_prompts(model: PromptedModel) -> VisualPrompts:
+    """The E²VPT model's maskable visual prompts (a family without them cannot prune)."""
+    if not isinstance(model.method_config, E2VPTConfig):
         raise ConfigError(
-            f"prompt pruning is implemented for ViT backbones; {model.backbone_name} is a "
-            f"{model.backbone_signature['class']}. Train E²VPT on it without pruning"
+            f"pruning needs an e2vpt model (visual prompts with token/segment masks); this "
+            f"one is {model.method_name!r}. Train with --method e2vpt first"
         )
     prompts = model.visual_prompts
     if prompts is None or prompts.mask_segments is None:
         raise ConfigError(
-            f"pruning needs an e2vpt model (visual prompts with token/segment masks); this "
-            f"one is {model.method_name!r}. Train with --method e2vpt first"
+            f"prompt pruning is implemented for ViT backbones; {model.backbone_name} is a "
+            f"{model.backbone_signature['class']}. Train E²VPT on it without pruning"
         )
     if prompts.pruned:
         raise ConfigError("this model is already pruned; prune the unpruned e2vpt run")
@@ -91,7 +93,7 @@ def prunable_prompts(model: PromptedViT) -> VisualPrompts:
 
 
 def importance_scores(
-    model: PromptedViT,
+    model: PromptedModel,
     images: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int = 64,
@@ -158,7 +160,7 @@ def importance_scores(
 
 @torch.no_grad()
 def _ablation(
-    model: PromptedViT,
+    model: PromptedModel,
     prompts: VisualPrompts,
     batches: Callable[[], Any],
     prune_mode: str,

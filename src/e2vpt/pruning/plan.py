@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from e2vpt.families import PromptedViT
 from e2vpt.methods.base import ConfigError
+from e2vpt.model import PromptedModel
 from e2vpt.pruning.importance import ImportanceScores, prunable_prompts
 
 _EPS = 1e-9
@@ -123,7 +123,7 @@ def make_plan(
     )
 
 
-def apply_plan(model: PromptedViT, plan: PruningPlan) -> PromptedViT:
+def apply_plan(model: PromptedModel, plan: PruningPlan) -> PromptedModel:
     """Prune ``model`` in place: fewer tokens in every block, zeroed segments stored
     sparsely. Build the optimizer afterwards (the prompt parameter is replaced)."""
     prompts = prunable_prompts(model)

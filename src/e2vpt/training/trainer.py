@@ -245,12 +245,14 @@ def top1(
 
 
 class _HeadOnFeatures(nn.Module):
-    def __init__(self, head: nn.Linear) -> None:
+    """The classifier alone, trained on cached features (same parameter names)."""
+
+    def __init__(self, model: PromptedModel) -> None:
         super().__init__()
-        self.head = head
+        self.pre_head, self.head = model.pre_head, model.head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x)
+        return self.head(self.pre_head(x))
 
 
 def _load_task(cfg: TrainConfig, image_size: int) -> Task:
@@ -516,7 +518,7 @@ def _train(
                 features[name] = predict(
                     model.forward_pre_logits, s.images, device, cfg.precision, prepare=normalizer
                 )
-        trainable: nn.Module = _HeadOnFeatures(model.head)
+        trainable: nn.Module = _HeadOnFeatures(model)
         inputs = {name: features[name] for name in used}
         prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
     else:

@@ -1,0 +1,91 @@
+"""The VPT paper's other baselines: Partial-k and MLP-k."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import e2vpt
+from e2vpt.data import load_builtin
+from e2vpt.methods import LinearConfig, MLPConfig, PartialConfig
+from e2vpt.training.config import TrainConfig
+from e2vpt.training.trainer import train
+from tests.conftest import TINY, make_tiny_swin, make_tiny_vit
+
+
+def test_partial_trains_the_last_blocks_in_train_mode() -> None:
+    model = e2vpt.wrap(make_tiny_vit(drop_path_rate=0.1), PartialConfig(blocks=2), 5)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    depth = TINY["depth"]
+    owners = {n.split(".")[2] for n in trainable if n.startswith("backbone.blocks.")}
+    assert owners == {str(depth - 2), str(depth - 1)}
+    assert (
+        "backbone.norm.weight" in trainable and "backbone.patch_embed.proj.weight" not in trainable
+    )
+    model.train()
+    blocks = model.backbone.blocks
+    assert [b.training for b in blocks] == [False] * (depth - 2) + [True, True]
+    assert model.backbone.patch_embed.training is False
+    # closed form: two blocks and the final norm (+ head)
+    block = sum(p.numel() for p in blocks[-1].parameters())
+    counts = e2vpt.count_parameters(model)
+    assert counts.tunable_without_head == 2 * block + 2 * TINY["embed_dim"]
+
+
+def test_partial_on_swin_takes_the_last_stage_blocks() -> None:
+    model = e2vpt.wrap(make_tiny_swin(), PartialConfig(blocks=1), 5)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("backbone.layers.1.blocks.1.") for n in trainable)
+    assert not any(n.startswith("backbone.layers.1.blocks.0.") for n in trainable)
+
+
+def test_partial_needs_that_many_blocks() -> None:
+    with pytest.raises(e2vpt.ConfigError, match="blocks=9 but the backbone has 3 blocks"):
+        e2vpt.wrap(make_tiny_vit(), PartialConfig(blocks=9), 5)
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_mlp_head_counts_and_one_layer_is_linear(layers: int, images: torch.Tensor) -> None:
+    d = TINY["embed_dim"]
+    model = e2vpt.wrap(make_tiny_vit(), MLPConfig(layers=layers), 5)
+    counts = e2vpt.count_parameters(model)
+    assert counts.tunable_without_head == (layers - 1) * (d * d + d)
+    assert counts.head == d * 5 + 5
+    if layers == 1:
+        linear = e2vpt.wrap(make_tiny_vit(), LinearConfig(), 5).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(images), linear(images))
+
+
+def test_mlp_trains_on_cached_features(tmp_path) -> None:
+    """The backbone is frozen: like linear probing, MLP-k trains on features computed once."""
+    task = load_builtin("builtin:position", image_size=32)
+    calls = {"n": 0}
+
+    def count_backbone_calls(model: e2vpt.PromptedModel) -> None:
+        original = model.forward_pre_logits
+
+        def counted(x: torch.Tensor) -> torch.Tensor:
+            calls["n"] += 1
+            return original(x)
+
+        model.forward_pre_logits = counted  # type: ignore[method-assign]
+
+    cfg = TrainConfig(
+        method="mlp",
+        output_dir=str(tmp_path),
+        epochs=3,
+        batch_size=200,
+        progress=False,
+        augment="none",
+    )
+    result = train(cfg, task=task, customize=count_backbone_calls)
+    # features once per split (train/val/test, in 256-image chunks), not every epoch
+    chunks = sum(math.ceil(len(task.split(s)) / 256) for s in ("train", "val", "test"))
+    assert calls["n"] == chunks
+    assert result.val_top1 is not None
+    loaded = e2vpt.load(tmp_path)
+    width = loaded.feature_width
+    assert loaded.pre_head[0].weight.shape == (width, width) and len(loaded.pre_head) == 4
