@@ -9,7 +9,7 @@ import torch
 
 import e2vpt
 from e2vpt.data import load_builtin
-from e2vpt.methods import LinearConfig, MLPConfig, PartialConfig
+from e2vpt.methods import AdapterConfig, LinearConfig, MLPConfig, PartialConfig
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.trainer import train
 from tests.conftest import TINY, make_tiny_swin, make_tiny_vit
@@ -89,3 +89,30 @@ def test_mlp_trains_on_cached_features(tmp_path) -> None:
     loaded = e2vpt.load(tmp_path)
     width = loaded.feature_width
     assert loaded.pre_head[0].weight.shape == (width, width) and len(loaded.pre_head) == 4
+
+
+@pytest.mark.parametrize("make", [make_tiny_vit, make_tiny_swin], ids=["vit", "swin"])
+def test_adapters_start_as_the_backbone_and_count_in_closed_form(make, images) -> None:
+    model = e2vpt.wrap(make(), AdapterConfig(reduction=8), 5).eval()
+    plain = e2vpt.wrap(make(), LinearConfig(), 5).eval()
+    with torch.no_grad():  # the up projections start at zero
+        torch.testing.assert_close(model(images), plain(images))
+    widths = [b.mlp.mlp.fc2.out_features for b in model.backbone_blocks()]
+    expected = sum(2 * w * (w // 8) + w // 8 + w for w in widths)
+    assert e2vpt.count_parameters(model).tunable_without_head == expected
+
+
+def test_adapters_learn_and_refuse_a_backbone_that_has_them(images) -> None:
+    backbone = make_tiny_vit()
+    model = e2vpt.wrap(backbone, AdapterConfig(reduction=16, activation="gelu"), 5).train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(2):  # step 1 moves the zero up projection, step 2 the down one too
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), torch.tensor([0, 1, 2, 3])).backward()
+        optimizer.step()
+    adapter = model.backbone.blocks[0].mlp.adapter
+    assert adapter.up.weight.abs().sum() > 0 and adapter.down.weight.grad.abs().sum() > 0
+    with pytest.raises(e2vpt.ConfigError, match="already carries adapters"):
+        e2vpt.wrap(backbone, AdapterConfig(), 5)
+    with pytest.raises(e2vpt.ConfigError, match="activation must be one of relu, gelu"):
+        AdapterConfig(activation="tanh").validate()

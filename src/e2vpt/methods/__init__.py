@@ -1,5 +1,6 @@
 """Every method is one module with a config dataclass; importing them fills the registry."""
 
+from e2vpt.methods.adapter import AdapterConfig
 from e2vpt.methods.base import (
     ConfigError,
     MethodConfig,
@@ -18,6 +19,7 @@ from e2vpt.methods.partial import PartialConfig
 from e2vpt.methods.vpt import VPTConfig
 
 __all__ = [
+    "AdapterConfig",
     "BiasConfig",
     "ConfigError",
     "E2VPTConfig",
