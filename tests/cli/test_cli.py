@@ -83,7 +83,7 @@ def test_info_covers_swin_and_several_backbones(capsys: pytest.CaptureFixture[st
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["train", "--method", "lora"], "unknown method 'lora'"),
+        (["train", "--method", "lorra"], "unknown method 'lorra'"),
         (["train", "--method", "vpt-deep", "--kv-tokens", "3"], "--kv-tokens does not apply"),
         (["train", "--data", "/no/such/folder", "--method", "linear"], "/no/such/folder"),
         (["train", "--backbone", "vit_nope"], "unknown backbone"),

@@ -9,7 +9,7 @@ import torch
 
 import e2vpt
 from e2vpt.data import load_builtin
-from e2vpt.methods import AdapterConfig, LinearConfig, MLPConfig, PartialConfig
+from e2vpt.methods import AdapterConfig, LinearConfig, LoRAConfig, MLPConfig, PartialConfig
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.trainer import train
 from tests.conftest import TINY, make_tiny_swin, make_tiny_vit
@@ -116,3 +116,44 @@ def test_adapters_learn_and_refuse_a_backbone_that_has_them(images) -> None:
         e2vpt.wrap(backbone, AdapterConfig(), 5)
     with pytest.raises(e2vpt.ConfigError, match="activation must be one of relu, gelu"):
         AdapterConfig(activation="tanh").validate()
+
+
+def test_lora_goes_through_peft_and_starts_as_the_backbone(images) -> None:
+    from peft.tuners.lora import LoraLayer
+
+    model = e2vpt.wrap(make_tiny_vit(), LoRAConfig(rank=2, targets="qkv,proj"), 5).eval()
+    plain = e2vpt.wrap(make_tiny_vit(), LinearConfig(), 5).eval()
+    attn = model.backbone.blocks[0].attn
+    assert isinstance(attn.qkv, LoraLayer) and isinstance(attn.proj, LoraLayer)
+    with torch.no_grad():  # B starts at zero
+        torch.testing.assert_close(model(images), plain(images))
+    d, depth = TINY["embed_dim"], TINY["depth"]
+    per_block = 2 * (d + 3 * d) + 2 * (d + d)  # rank 2: A (r×in) + B (out×r), qkv and proj
+    assert e2vpt.count_parameters(model).tunable_without_head == depth * per_block
+    # the class-token shortcut calls the LoRA layer: same logits as the full forward
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+        fast = model(images)
+        model.class_token_shortcut = False
+        full = model(images)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(full, plain(images), atol=1e-3)
+
+
+def test_dora_adds_its_magnitudes_and_missing_peft_is_one_line(monkeypatch) -> None:
+    model = e2vpt.wrap(make_tiny_vit(), LoRAConfig(rank=2, use_dora=True), 5)
+    assert any("lora_magnitude_vector" in n for n, p in model.named_parameters() if p.requires_grad)
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_peft(name: str, *args, **kwargs):
+        if name == "peft" or name.startswith("peft."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_peft)
+    with pytest.raises(e2vpt.ConfigError, match=r"needs Hugging Face peft: pip install"):
+        e2vpt.wrap(make_tiny_vit(), LoRAConfig(), 5)

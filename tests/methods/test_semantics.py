@@ -343,13 +343,14 @@ def test_vpt_config_defaults_follow_the_table() -> None:
     assert e2vpt.VPTConfig(tokens=5).dropout == 0.0
     assert e2vpt.VPTConfig(tokens=5, deep=True).dropout == 0.0
     assert e2vpt.method_config("vpt-deep").method_name == "vpt-deep"
-    assert e2vpt.list_methods()[:9] == [  # the papers' table order
+    assert e2vpt.list_methods()[:10] == [  # the papers' table order
         "full",
         "linear",
         "partial",
         "mlp",
         "bias",
         "adapter",
+        "lora",
         "vpt-shallow",
         "vpt-deep",
         "e2vpt",

@@ -94,7 +94,7 @@ def test_schedule_warms_up_then_decays_and_skips_head_bias_decay() -> None:
 
 def test_bad_configs_fail_before_training(tmp_path: Path) -> None:
     with pytest.raises(e2vpt.ConfigError, match="unknown method"):
-        TrainConfig(method="lora", output_dir=str(tmp_path)).validate()
+        TrainConfig(method="sidetune-v9", output_dir=str(tmp_path)).validate()
     with pytest.raises(e2vpt.ConfigError, match="warmup_epochs"):
         TrainConfig(epochs=2, warmup_epochs=5).validate()
     with pytest.raises(e2vpt.ConfigError, match="unknown config key"):

@@ -14,6 +14,7 @@ from e2vpt.methods.bias import BiasConfig
 from e2vpt.methods.e2vpt import E2VPTConfig
 from e2vpt.methods.full import FullConfig
 from e2vpt.methods.linear import LinearConfig
+from e2vpt.methods.lora import LoRAConfig
 from e2vpt.methods.mlp import MLPConfig
 from e2vpt.methods.partial import PartialConfig
 from e2vpt.methods.vpt import VPTConfig
@@ -25,6 +26,7 @@ __all__ = [
     "E2VPTConfig",
     "FullConfig",
     "LinearConfig",
+    "LoRAConfig",
     "MLPConfig",
     "PartialConfig",
     "MethodConfig",
