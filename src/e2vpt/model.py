@@ -101,6 +101,9 @@ class PromptedModel(nn.Module):
         self.visual_prompts: VisualPrompts | None = None  # ViT's (prunable) prompts
         # between the pooled features and the head: a method's classifier layers (MLP-k)
         self.pre_head: nn.Module = nn.Identity()
+        # a method's branch from the image itself, fused with the features (Side-tuning):
+        # side_branch(features, images) → features; None: no such branch
+        self.side_branch: nn.Module | None = None
         self.frozen_backbone = True
         # backbone modules a method trains while the rest stays frozen (Partial-k's
         # blocks): in train mode with the model, the rest of the backbone in eval mode
@@ -191,4 +194,7 @@ class PromptedModel(nn.Module):
         return self.head(self.pre_head(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_pre_logits(x))
+        features = self.forward_pre_logits(x)
+        if self.side_branch is not None:
+            features = self.side_branch(features, x)
+        return self.forward_head(features)

@@ -9,7 +9,14 @@ import torch
 
 import e2vpt
 from e2vpt.data import load_builtin
-from e2vpt.methods import AdapterConfig, LinearConfig, LoRAConfig, MLPConfig, PartialConfig
+from e2vpt.methods import (
+    AdapterConfig,
+    LinearConfig,
+    LoRAConfig,
+    MLPConfig,
+    PartialConfig,
+    SidetuneConfig,
+)
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.trainer import train
 from tests.conftest import TINY, make_tiny_swin, make_tiny_vit
@@ -157,3 +164,25 @@ def test_dora_adds_its_magnitudes_and_missing_peft_is_one_line(monkeypatch) -> N
     monkeypatch.setattr(builtins, "__import__", no_peft)
     with pytest.raises(e2vpt.ConfigError, match=r"needs Hugging Face peft: pip install"):
         e2vpt.wrap(make_tiny_vit(), LoRAConfig(), 5)
+
+
+def test_sidetune_blends_a_side_network_with_the_frozen_features(images) -> None:
+    model = e2vpt.wrap(
+        make_tiny_vit(), SidetuneConfig(channels=8, conv_layers=2, blend_init=0.25), 5
+    )
+    model.eval()
+    side = model.side_branch
+    with torch.no_grad():
+        frozen = model.forward_pre_logits(images)
+        blended = side(frozen, images)
+        own = side.project(side.convs(images).mean(dim=(2, 3)))
+        torch.testing.assert_close(blended, 0.25 * frozen + 0.75 * own)
+        torch.testing.assert_close(model(images), model.head(blended))
+    # α learns with the side network and the head; the backbone stays frozen
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.train()
+    torch.nn.functional.cross_entropy(model(images), torch.tensor([0, 1, 2, 3])).backward()
+    optimizer.step()
+    assert torch.sigmoid(side.alpha_logit).item() != pytest.approx(0.25)
+    with pytest.raises(e2vpt.ConfigError, match="blend_init must be in"):
+        SidetuneConfig(blend_init=1.0).validate()

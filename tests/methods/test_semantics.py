@@ -343,11 +343,12 @@ def test_vpt_config_defaults_follow_the_table() -> None:
     assert e2vpt.VPTConfig(tokens=5).dropout == 0.0
     assert e2vpt.VPTConfig(tokens=5, deep=True).dropout == 0.0
     assert e2vpt.method_config("vpt-deep").method_name == "vpt-deep"
-    assert e2vpt.list_methods()[:10] == [  # the papers' table order
+    assert e2vpt.list_methods()[:11] == [  # the papers' table order
         "full",
         "linear",
         "partial",
         "mlp",
+        "sidetune",
         "bias",
         "adapter",
         "lora",
