@@ -56,3 +56,16 @@ def test_every_method_on_every_family(
     loaded = e2vpt.load(tmp_path, backbone=fresh).eval()
     with torch.no_grad():
         assert torch.equal(model(images), loaded(images))
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_a_wrapped_backbone_is_refused_with_a_message(name: str, tmp_path: Path) -> None:
+    """Wrapping rewires the backbone object; a second model on it is a clear error (not
+    an AttributeError deep in timm), for wrap and for load(backbone=...)."""
+    backbone = BACKBONE_FAMILIES["vit"]()
+    model = e2vpt.wrap(backbone, small(name), 5)
+    with pytest.raises(e2vpt.ConfigError, match="already wrapped"):
+        e2vpt.wrap(backbone, small(name), 5)
+    e2vpt.save(model, tmp_path)
+    with pytest.raises(e2vpt.ConfigError, match="already wrapped"):
+        e2vpt.load(tmp_path, backbone=backbone)

@@ -119,7 +119,7 @@ def test_adapters_learn_and_refuse_a_backbone_that_has_them(images) -> None:
         optimizer.step()
     adapter = model.backbone.blocks[0].mlp.adapter
     assert adapter.up.weight.abs().sum() > 0 and adapter.down.weight.grad.abs().sum() > 0
-    with pytest.raises(e2vpt.ConfigError, match="already carries adapters"):
+    with pytest.raises(e2vpt.ConfigError, match="already wrapped"):
         e2vpt.wrap(backbone, AdapterConfig(), 5)
     with pytest.raises(e2vpt.ConfigError, match="activation must be one of relu, gelu"):
         AdapterConfig(activation="tanh").validate()

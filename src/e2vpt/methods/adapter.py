@@ -71,11 +71,6 @@ class AdapterConfig(MethodConfig):
 def apply_adapter(model: PromptedModel, config: AdapterConfig) -> None:
     model.freeze_backbone()
     for block in model.backbone_blocks():
-        if isinstance(block.mlp, MLPWithAdapter):
-            raise ConfigError(
-                "this backbone already carries adapters (it was wrapped before); create a "
-                "fresh backbone for each adapter model"
-            )
         width = int(block.mlp.fc2.out_features)
         hidden = max(1, width // config.reduction)
         block.mlp = MLPWithAdapter(block.mlp, Bottleneck(width, hidden, config.activation))

@@ -53,11 +53,6 @@ def apply_lora(model: PromptedModel, config: LoRAConfig) -> None:
             "method lora needs Hugging Face peft: pip install 'e2vpt[peft]' (or peft)"
         ) from None
     model.freeze_backbone()
-    if any(".lora_" in n for n, _ in model.backbone.named_parameters()):
-        raise ConfigError(
-            "this backbone already carries LoRA layers (it was wrapped before); create a "
-            "fresh backbone for each LoRA model"
-        )
     peft_config = LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
