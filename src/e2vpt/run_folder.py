@@ -73,7 +73,7 @@ class RunFolder:
         if self.kind == "incomplete":
             total = f" of {self.epochs}" if self.epochs else ""
             return f"an unfinished run (stopped after epoch {self.epochs_done}{total})"
-        return {"absent": "nothing", "empty": "nothing"}.get(self.kind, "files of no e2vpt run")
+        return "files of no e2vpt run" if self.kind == "foreign" else "nothing"
 
     def refusal(self, flag: str = "--output-dir") -> ConfigError:
         """The error for a new run aimed at this folder."""

@@ -237,7 +237,10 @@ BAD_INVOCATIONS = [
     (["train", "--data", "no_such_folder", "--output-dir", "r"], "no_such_folder does not exist"),
     (["train", "--method", "vpt-deep", "--kv-tokens", "3"], "does not apply to method"),
     (["train", "--state-every", "-1"], "state_every must be >= 0"),
-    (["train", "--weights", "missing.npz", "--output-dir", "r"], "missing.npz does not exist"),
+    (
+        ["train", "--weights", "missing.npz", "--output-dir", "r"],
+        "--weights missing.npz: no such file",
+    ),
     (["train", "--output-dir", "done_run"], "already holds a finished run; pass --overwrite"),
     (["train", "--output-dir", "half_run"], "pass --resume to continue it, --overwrite"),
     (["train", "--overwrite", "--output-dir", "notes"], "holds no e2vpt run"),

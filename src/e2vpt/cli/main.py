@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from e2vpt import __version__
-from e2vpt.backbones import DEMO_BACKBONE, canonical_name, create_backbone
+from e2vpt.backbones import DEMO_BACKBONE, canonical_name, check_weights_file, create_backbone
 from e2vpt.checkpoint import CheckpointError, load, read_config
 from e2vpt.data import BUILTIN_PREFIX, load_task
 from e2vpt.errors import E2VPTError, Interrupted
@@ -134,6 +134,9 @@ def _method_config_classes() -> list[type[MethodConfig]]:
             seen.append(spec.config_cls)
     return seen
 
+
+# parsed arguments that choose what to do, not config fields
+NOT_CONFIG_FLAGS = frozenset({"command", "config", "quickstart", "resume", "overwrite"})
 
 # TrainConfig fields a sweep sets per trial: not flags of `e2vpt sweep`
 SWEEP_OWNED = {
@@ -449,7 +452,7 @@ def config_from_args(
     if args.config is not None:
         values = TrainConfig.from_yaml(args.config).to_dict()
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    skip = {"command", "config", "quickstart", "resume", "overwrite", *exclude}
+    skip = {*NOT_CONFIG_FLAGS, *exclude}
     given = {k: v for k, v in vars(args).items() if k not in skip}
     method_values = dict(values.get("method_config") or {})
     for key, value in given.items():
@@ -496,11 +499,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def resumed_config(args: argparse.Namespace) -> TrainConfig:
     """``--resume``: the run folder's own config; flags may change runtime fields only."""
-    given = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in {"command", "config", "quickstart", "resume", "overwrite"}
-    }
+    given = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG_FLAGS}
     if args.config is not None:
         raise ConfigError("--resume reads the settings from the run folder; drop --config")
     out = given.pop("output_dir", None)
@@ -690,15 +689,9 @@ def _backbone_for(meta: dict[str, Any], weights: str | None, run_dir: Path) -> A
     """The run's backbone: with ``--weights`` when given; a stored weights path that does
     not exist here is an error naming the flag (checked before anything is loaded)."""
     if weights is None:
-        stored = meta.get("backbone_weights")
-        if stored and not Path(stored).is_file():
-            raise ConfigError(
-                f"{run_dir} was trained on backbone weights {stored}, which do not exist here; "
-                "pass --weights PATH to the same weights file"
-            )
+        check_weights_file(meta.get("backbone_weights"), trained_in=run_dir)
         return None  # rebuilt from adapter.json
-    if not Path(weights).is_file():
-        raise ConfigError(f"--weights {weights}: no such file")
+    check_weights_file(weights)
     return create_backbone(meta["backbone"], weights=weights)
 
 

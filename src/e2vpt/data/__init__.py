@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from e2vpt.data.cache import CacheKey, cache_root, fingerprint, load_decoded
+from e2vpt.data.cache import cache_root, load_image_files
 from e2vpt.data.cifar_lt import LT_RATIOS, load_cifar100_lt
-from e2vpt.data.core import TRAINVAL, DataError, Split, Task, image_chunks, note, to_tensor
+from e2vpt.data.core import TRAINVAL, DataError, Split, Task, note, to_tensor
 from e2vpt.data.fgvc import load_fgvc
 from e2vpt.data.synthetic import GENERATORS, generate_split
 from e2vpt.data.vtab import load_vtab
@@ -210,20 +210,16 @@ def load_image_folder(
     files = [f for s in order for f in listed[s]]
     paths = [p for p, _ in files]
     name = root.name or str(root)
-    key = CacheKey(
-        kind="image-folder",
-        name=name,
-        spec=str(root.resolve()),
-        files=fingerprint(paths),
-        classes=classes,
-        labels=[label for _, label in files],
-        size=image_size,
-        extra={},
-    )
-    decoded = load_decoded(
-        key,
-        len(paths),
-        lambda: image_chunks(paths, image_size, f"decode {name}", progress),
+    labels = [label for _, label in files]
+    decoded = load_image_files(
+        "image-folder",
+        name,
+        root,
+        paths,
+        classes,
+        labels,
+        image_size,
+        progress,
         cache=cache,
         quiet=quiet,
     )

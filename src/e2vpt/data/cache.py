@@ -42,7 +42,7 @@ try:
 except ImportError:  # Windows: no advisory locks, writers race harmlessly
     fcntl = None  # type: ignore[assignment]
 
-from e2vpt.data.core import Chunk, DataError, note
+from e2vpt.data.core import Chunk, DataError, image_chunks, note
 from e2vpt.files import publish, temp_path
 
 # bump when the layout or the decoding changes: older entries are then never read
@@ -168,6 +168,41 @@ def load_decoded(
     if found is None:  # written a moment ago: only a file system that lies gets here
         raise DataError(f"the data cache entry {entry} cannot be read back; delete it")
     return Decoded(*found, source=f"decoded once to the cache at {entry}", entry=entry)
+
+
+def load_image_files(
+    kind: str,
+    name: str,
+    folder: Path,
+    paths: list[Path],
+    classes: list[str],
+    labels: list[int],
+    image_size: int,
+    progress: bool,
+    *,
+    cache: bool,
+    quiet: bool,
+) -> Decoded:
+    """Image files resized to ``image_size`` (no aspect kept), decoded once into the
+    cache entry their paths, labels and size name: what the image-folder and VTAB-1k
+    loaders share (FGVC keeps aspect and crops; CIFAR decodes arrays)."""
+    key = CacheKey(
+        kind=kind,
+        name=name,
+        spec=str(folder.resolve()),
+        files=fingerprint(paths),
+        classes=classes,
+        labels=labels,
+        size=image_size,
+        extra={},
+    )
+    return load_decoded(
+        key,
+        len(paths),
+        lambda: image_chunks(paths, image_size, f"decode {name}", progress),
+        cache=cache,
+        quiet=quiet,
+    )
 
 
 def _in_memory(

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import torch
 
-from e2vpt.data.cache import CacheKey, fingerprint, load_decoded
+from e2vpt.data.cache import load_image_files
 from e2vpt.data.core import (
     TRAINVAL,
     DataError,
     Split,
     Task,
     check_labels,
-    image_chunks,
     rows_of,
 )
 
@@ -131,20 +130,16 @@ def load_vtab(
             source = next(f for s, f in VTAB_SPLIT_FILES.items() if rel in dict(lists[s]))
             raise DataError(f"{folder / source} lists {rel}, but {path} does not exist")
     classes = [str(c) for c in range(num_classes)]
-    key = CacheKey(
-        kind="vtab",
-        name=name,
-        spec=str(folder.resolve()),
-        files=fingerprint(paths),
-        classes=classes,
-        labels=[label for s in VTAB_SPLIT_FILES for _, label in lists[s]],
-        size=image_size,
-        extra={},
-    )
-    decoded = load_decoded(
-        key,
-        len(paths),
-        lambda: image_chunks(paths, image_size, f"decode {name}", progress),
+    labels = [label for s in VTAB_SPLIT_FILES for _, label in lists[s]]
+    decoded = load_image_files(
+        "vtab",
+        name,
+        folder,
+        paths,
+        classes,
+        labels,
+        image_size,
+        progress,
         cache=cache,
         quiet=quiet,
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from e2vpt.backbones import create_backbone
+from e2vpt.backbones import check_weights_file, create_backbone
 from e2vpt.checkpoint import (
     CONFIG_FILE,
     TENSORS_FILE,
@@ -84,8 +84,7 @@ class PruneSettings:
             raise ConfigError("the pruning grid needs at least one token and one segment fraction")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.weights is not None and not Path(self.weights).is_file():
-            raise ConfigError(f"--weights {self.weights}: no such file")
+        check_weights_file(self.weights)
 
     def resolve(self, run_recipe: str, flag_prefix: str = "--") -> ResolvedPruning:
         # flags: --token-fractions … under `e2vpt prune`, --prune-token-fractions … under
@@ -294,11 +293,8 @@ def _prepare(
         overrides["device"] = settings.device
     if settings.weights is not None:
         overrides["weights"] = settings.weights
-    elif cfg.weights is not None and not Path(cfg.weights).is_file():
-        raise ConfigError(
-            f"{run_dir} was trained on backbone weights {cfg.weights}, which do not exist "
-            "here; pass --weights PATH to the same weights file"
-        )
+    else:
+        check_weights_file(cfg.weights, trained_in=run_dir)
     if epochs is not None:
         overrides["epochs"] = epochs
         if cfg.warmup_epochs is not None and cfg.warmup_epochs > epochs:

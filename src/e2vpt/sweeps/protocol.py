@@ -157,7 +157,8 @@ class Sweep:
             task = load_task_for(self.cfg)
         _check_task(task)
         self.task = task
-        self.method = cfg.build_method_config().method_name
+        self.method_cfg = cfg.build_method_config()
+        self.method = self.method_cfg.method_name
         self.task_name = settings.task_name or task.name
         self.root = Path(settings.output_dir) / self.task_name / self.method
         self.optimizer = self.cfg.resolved_optimizer()
@@ -195,7 +196,7 @@ class Sweep:
                     output_dir=str(self.root / "grid" / f"lr{lr:g}_wd{wd:g}"),
                 ),
                 # a backbone-sized checkpoint (full fine-tuning): kept for finals only
-                save_checkpoint=not self.cfg.build_method_config().large_checkpoint,
+                save_checkpoint=not self.method_cfg.large_checkpoint,
                 extra={"base_lr": lr, "weight_decay": wd},
             )
             for lr in self.lrs

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from e2vpt.accounting import count_parameters
-from e2vpt.backbones import create_backbone
+from e2vpt.backbones import check_weights_file, create_backbone
 from e2vpt.checkpoint import save
 from e2vpt.data import Split, Task, check_task_spec, load_task
 from e2vpt.data.augment import augment_batch
@@ -112,11 +112,7 @@ def preflight(
     ready-made) and a run folder that can be written and may be (see ``train``)."""
     cfg.validate()
     resolve_device(cfg.device)
-    if cfg.weights is not None and not Path(cfg.weights).is_file():
-        raise ConfigError(
-            f"weights file {cfg.weights} does not exist; pass the path of the backbone's "
-            "weights with --weights (or leave it out for the hub / bundled weights)"
-        )
+    check_weights_file(cfg.weights)
     if data:
         check_task_spec(cfg.data, val_fraction=cfg.val_fraction)
     if cfg.output_dir is not None:
