@@ -7,10 +7,14 @@ built-in generators, then loads them through ``vtab:`` like any VTAB task):
 * structured: position, orientation, count (generated)
 
 Each has train800 / val200 / train800val200 and a test split (2,000 images; dtd10 has
-only 1,200 images in all, so its test split is the 200 left over). Methods: linear, bias,
-full, vpt-shallow, vpt-deep, e2vpt and pruned e2vpt, each through ``e2vpt sweep``: a
-3-point lr grid on train800 → val200, then 3 seeds on train800val200 → test.
-Resumable: rerun the same command after a kill and finished trials are skipped.
+only 1,200 images in all, so its test split is the 200 left over). Methods: every
+registered method (the papers' baselines full, linear, partial, mlp, sidetune, bias,
+adapter, lora; then vpt-shallow, vpt-deep, e2vpt and pruned e2vpt), each through
+``e2vpt sweep`` with the default recipe: a 3-point lr grid (the method's default base
+lr ×{1/5, 1, 5}) on train800 → val200, then 3 seeds on train800val200 → test.
+Tasks run one after another, every method on a task before the next task, so a
+partial run has whole columns. Resumable: rerun the same command after a kill and
+finished trials are skipped.
 
     uv run python benchmarks/mini_benchmark.py            # hours on 2 CPU cores
     uv run python benchmarks/mini_benchmark.py --report-only
@@ -30,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from e2vpt.data.synthetic import generate_split
+from e2vpt.methods import get_method, list_methods
 from e2vpt.sweeps import SweepSettings, run_sweep
 from e2vpt.training.config import TrainConfig
 
@@ -42,14 +47,20 @@ TASKS = {  # name → report group
     "orientation": "structured",
     "count": "structured",
 }
-METHODS = ["linear", "bias", "full", "vpt-shallow", "vpt-deep", "e2vpt"]  # + pruned e2vpt
-SGD_LRS = [0.05, 0.25, 1.0]  # a subset of SPEC's grid, around the demo defaults
-ADAMW_LRS = [1e-4, 5e-4, 2.5e-3]  # full fine-tuning (AdamW)
+METHODS = list_methods()  # the papers' table order; e2vpt also yields e2vpt-pruned
+LR_FACTORS = [0.2, 1.0, 5.0]  # × the method's default base lr (a subset of the papers' grid)
 WEIGHT_DECAY = 1e-4
 SEEDS = [42, 44, 82]
 EPOCHS = 10
 BATCH = 64
 TEST_SIZE = 2000
+
+
+def lr_grid(method: str) -> list[float]:
+    """Three base lrs around the method's own default for its optimizer."""
+    config = get_method(method).config_cls
+    default = config.default_base_lr[config.optimizer]
+    return [float(f"{default * f:.3g}") for f in LR_FACTORS]
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -201,7 +212,7 @@ def main() -> int:
                     progress=True,
                 )
                 settings = SweepSettings(
-                    base_lrs=ADAMW_LRS if method == "full" else SGD_LRS,
+                    base_lrs=lr_grid(method),
                     weight_decays=[WEIGHT_DECAY],
                     seeds=args.seeds,
                     output_dir=str(sweeps_dir),
