@@ -23,7 +23,7 @@ from e2vpt.methods.base import ConfigError, get_method, method_config
 from e2vpt.model import PromptedModel, backbone_fingerprint
 from e2vpt.run_folder import inspect_folder
 from e2vpt.state import diff_state
-from e2vpt.wrapping import check_unwrapped, wrap
+from e2vpt.wrapping import wrap
 
 TENSORS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter.json"
@@ -169,7 +169,6 @@ def load(
                 f"{CONFIG_FILE} names no backbone; pass backbone= (the model it was trained on)"
             )
         backbone = create_backbone(meta["backbone"], weights=meta.get("backbone_weights"))
-    check_unwrapped(backbone)
     signature = backbone_signature(backbone)
     saved_signature = meta.get("backbone_signature")
     if saved_signature and signature != saved_signature:
@@ -202,6 +201,7 @@ def load(
         backbone_name=meta["backbone"],
         global_pool=meta.get("global_pool"),
     )
+    tensors = {model.rename_legacy(name): value for name, value in tensors.items()}
     sparse = SPARSE_PREFIX + "kept_tokens" in tensors
     if sparse:
         prompts = model.visual_prompts

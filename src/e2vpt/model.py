@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -67,7 +68,9 @@ def init_head(head: nn.Linear, how: str) -> None:
 class PromptedModel(nn.Module):
     """What every wrapped backbone shares: a frozen backbone that stays in eval mode
     whatever ``train()`` is called with (so only prompt dropout is active while
-    training), a fresh ``head``, and the bookkeeping checkpoints need.
+    training), a fresh ``head``, and the bookkeeping checkpoints need. Prompts, head and
+    pooling are the model's own: the backbone's modules and weights are left as they
+    are unless the method changes them (``MethodConfig.changes_backbone``).
 
     A backbone family is a subclass, registered with ``e2vpt.families.register_family``:
     it says which backbones it takes (:meth:`accepts`), the architecture facts a
@@ -75,6 +78,8 @@ class PromptedModel(nn.Module):
     (:meth:`add_visual_prompts`, :meth:`add_kv_prompts`) and how its forward runs."""
 
     family: ClassVar[str] = ""
+    # (pattern, replacement) for tensor names older e2vpt versions saved differently
+    legacy_renames: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init__(
         self,
@@ -127,6 +132,17 @@ class PromptedModel(nn.Module):
     def signature(cls, backbone: nn.Module) -> dict[str, Any]:
         """Architecture facts a checkpoint must agree with."""
         raise NotImplementedError
+
+    def release_backbone_head(self) -> None:
+        """Drop the backbone's own classifier (the model has its own head). Only for a
+        method that takes the backbone for itself: a shared backbone is left as it is."""
+        self.backbone.reset_classifier(0)
+
+    def rename_legacy(self, name: str) -> str:
+        """A tensor name as an older e2vpt saved it → today's name."""
+        for pattern, replacement in self.legacy_renames:
+            name = re.sub(pattern, replacement, name)
+        return name
 
     def _run_block(self, fn: Any, *args: Any) -> Any:
         if self.grad_checkpointing and torch.is_grad_enabled():

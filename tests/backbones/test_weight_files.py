@@ -128,7 +128,15 @@ def test_mae_checkpoint_and_its_pooling(tmp_path: Path) -> None:
     same_features(source, backbone)
     model = e2vpt.wrap(backbone, e2vpt.LinearConfig(), 5)
     assert model.global_pool == "avg-fc-norm"  # SPEC §1.4: MAE's convention
-    assert isinstance(model.backbone.norm, nn.Identity)
+    # the final norm normalises the mean of the un-normed patch tokens (the backbone's
+    # modules stay where they are)
+    assert model.norm_after_pool and isinstance(model.backbone.fc_norm, nn.Identity)
+    bb = model.backbone
+    x = torch.randn(2, 3, *bb.patch_embed.img_size)
+    with torch.no_grad():
+        tokens = bb.blocks(bb.norm_pre(bb._pos_embed(bb.patch_embed(x))))
+        expected = bb.norm(tokens[:, bb.num_prefix_tokens :].mean(dim=1))
+        torch.testing.assert_close(model.eval().forward_pre_logits(x), expected)
     hub_name = e2vpt.create_backbone("vit_base_patch16_224.mae", pretrained=False, **TINY_TIMM_VIT)
     assert e2vpt.wrap(hub_name, e2vpt.LinearConfig(), 5).global_pool == "avg-fc-norm"
 

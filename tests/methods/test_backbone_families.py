@@ -18,7 +18,7 @@ from tests.methods.test_semantics import ALL_CONFIGS
 def tuned_by(method: str, name: str) -> bool:
     """What a method may tune, by parameter name, on any family."""
     prompt = name.startswith(("visual_prompts.", "stage_prompts."))
-    kv = name.endswith(("attn.key_prompt", "attn.value_prompt"))
+    kv = name.startswith("kv_prompts.")
     return (
         name.startswith("head.")
         or {
@@ -53,7 +53,7 @@ def test_one_step_and_round_trip(
     if method.startswith(("vpt", "e2vpt")):
         assert any(n.startswith(("visual_prompts.", "stage_prompts.")) for n in changed)
     if method.startswith("e2vpt"):
-        assert any(n.endswith("attn.key_prompt") for n in changed)
+        assert any(n.startswith("kv_prompts.") and n.endswith(".key_prompt") for n in changed)
 
     model.eval()
     e2vpt.save(model, tmp_path)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import e2vpt
-from e2vpt.layers.kv_attention import KVPromptAttention
+from e2vpt.layers.kv_attention import KVPrompts, attention_with_kv_prompts
 from e2vpt.layers.prompts import prompt_init_bound
 from tests.conftest import make_tiny_vit
 
@@ -91,15 +92,14 @@ def reference_kv_attention(
 def test_kv_prompt_attention_equals_reference(shared: bool) -> None:
     backbone = make_tiny_vit()
     base = backbone.blocks[1].attn
-    layer = KVPromptAttention(base, tokens=3, shared=shared)
-    assert layer.key_prompt.shape == (4, 3, 16)  # (heads, m, head_dim)
+    kv = KVPrompts(base.num_heads, base.head_dim, tokens=3, shared=shared)
+    assert kv.key_prompt.shape == (4, 3, 16)  # (heads, m, head_dim)
     x = torch.randn(2, 17, 64)
-    value = layer.key_prompt if shared else layer.value_prompt
+    value = kv.key_prompt if shared else kv.value_prompt
     with torch.no_grad():
-        torch.testing.assert_close(
-            layer(x), reference_kv_attention(base, x, layer.key_prompt, value)
-        )
-        assert layer(x).shape == x.shape  # queries untouched: same sequence length
+        got = attention_with_kv_prompts(base, x, kv)
+        torch.testing.assert_close(got, reference_kv_attention(base, x, kv.key_prompt, value))
+        assert got.shape == x.shape  # queries untouched: same sequence length
 
 
 def test_kv_attention_uses_fused_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -266,13 +266,13 @@ def test_prompt_init_follows_the_papers() -> None:
     bound = prompt_init_bound((8, 8), 64)
     prompts = model.visual_prompts.prompts
     assert prompts.abs().max() <= bound and prompts.abs().max() > 0.9 * bound
-    kv = model.backbone.blocks[0].attn.key_prompt  # (heads, m, head_dim) = (4, 50, 16)
+    kv = model.kv_prompts[0].key_prompt  # (heads, m, head_dim) = (4, 50, 16)
     assert kv.shape == (4, 50, 16)
     # the official init: Kaiming-uniform with fan-in m·head_dim, bound √(6 / (m·head_dim))
     kaiming_bound = (6.0 / (50 * 16)) ** 0.5
     assert kv.abs().max() <= kaiming_bound and kv.abs().max() > 0.9 * kaiming_bound
     width = e2vpt.E2VPTConfig(visual_tokens=1, kv_tokens=50, kv_init="width")
-    kv = e2vpt.wrap(make_tiny_vit(), width, 5).backbone.blocks[0].attn.key_prompt
+    kv = e2vpt.wrap(make_tiny_vit(), width, 5).kv_prompts[0].key_prompt
     width_bound = (6.0 / 64) ** 0.5  # fan-in = the width of a prompt token, whatever m
     assert kv.abs().max() <= width_bound and kv.abs().max() > 0.9 * width_bound
 
@@ -286,12 +286,10 @@ EXPECTED_TRAINABLE = {
     "e2vpt": lambda n: (
         n.startswith("head.")
         or n.startswith("visual_prompts.")  # prompts and the trained masks
-        or n.endswith("attn.key_prompt")
+        or re.fullmatch(r"kv_prompts\.\d+\.key_prompt", n) is not None
     ),
     "e2vpt-separate": lambda n: (
-        n.startswith("head.")
-        or n.startswith("visual_prompts.")
-        or n.endswith(("attn.key_prompt", "attn.value_prompt"))
+        n.startswith("head.") or n.startswith("visual_prompts.") or n.startswith("kv_prompts.")
     ),
 }
 
@@ -318,7 +316,7 @@ def test_one_step_changes_only_tunable_parameters(name: str) -> None:
     if name.startswith(("vpt", "e2vpt")):
         assert "visual_prompts.prompts" in changed
     if name.startswith("e2vpt"):
-        assert "backbone.blocks.2.attn.key_prompt" in changed
+        assert "kv_prompts.2.key_prompt" in changed
 
 
 def test_invalid_configs_are_clear_errors() -> None:
@@ -343,7 +341,7 @@ def test_vpt_config_defaults_follow_the_table() -> None:
     assert e2vpt.VPTConfig(tokens=5).dropout == 0.0
     assert e2vpt.VPTConfig(tokens=5, deep=True).dropout == 0.0
     assert e2vpt.method_config("vpt-deep").method_name == "vpt-deep"
-    assert e2vpt.list_methods()[:11] == [  # the papers' table order
+    assert e2vpt.list_methods()[:12] == [  # the papers' table order
         "full",
         "linear",
         "partial",
@@ -352,6 +350,7 @@ def test_vpt_config_defaults_follow_the_table() -> None:
         "bias",
         "adapter",
         "lora",
+        "peft",
         "vpt-shallow",
         "vpt-deep",
         "e2vpt",

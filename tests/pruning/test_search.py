@@ -94,7 +94,7 @@ def test_rewind_starts_from_the_original_init(trained_run: Path, tiny_task: Task
     mask = torch.tensor(plan.kept_segments)[:, torch.arange(192) % 16].float()
     expected = init["visual_prompts.prompts"].detach()[:, list(plan.kept_tokens)] * mask
     assert torch.equal(seen["visual_prompts.prompts"], expected)
-    for name in ("head.weight", "backbone.blocks.0.attn.key_prompt"):
+    for name in ("head.weight", "kv_prompts.0.key_prompt"):
         assert torch.equal(seen[name], init[name].detach())
 
 

@@ -161,7 +161,7 @@ def test_init_distributions_are_the_official_ones() -> None:
     assert weight.std().item() == pytest.approx(math.sqrt(2 / classes), rel=0.03)
     assert abs(weight.mean().item()) < 0.01
     assert torch.allclose(bias, torch.full_like(bias, -math.log(99)))
-    kv = model.backbone.blocks[1].attn.key_prompt.detach()  # (heads, m, head_dim)
+    kv = model.kv_prompts[1].key_prompt.detach()  # (heads, m, head_dim)
     heads, m, head_dim = kv.shape
     bound = math.sqrt(6 / (m * head_dim))
     assert kv.abs().max() <= bound and kv.abs().max() > 0.9 * bound

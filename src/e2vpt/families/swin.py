@@ -11,12 +11,7 @@ from torch import nn
 
 from e2vpt.errors import ConfigError
 from e2vpt.families.base import register_family
-from e2vpt.layers.swin_prompts import (
-    PromptedWindowAttention,
-    StagePrompts,
-    prompt_attention_of,
-    prompted_block_forward,
-)
+from e2vpt.layers.swin_prompts import StagePrompts, kv_prompts_for, prompted_block_forward
 from e2vpt.model import PromptedModel
 
 SWIN_POOLS = ("avg",)
@@ -27,6 +22,14 @@ class PromptedSwin(PromptedModel):
     """A timm ``SwinTransformer`` with prompts inside its window attention
     (:mod:`e2vpt.layers.swin_prompts`). Features: the final norm, then the average over
     the last stage's tokens (prompts included, as for ViT average pooling)."""
+
+    # key-value prompts were once parameters of the backbone's attention modules
+    legacy_renames = (
+        (
+            r"^backbone\.layers\.(\d+)\.blocks\.(\d+)\.attn\.((key|value)_prompt)$",
+            r"kv_prompts.\1.\2.\3",
+        ),
+    )
 
     @classmethod
     def accepts(cls, backbone: nn.Module) -> bool:
@@ -58,12 +61,12 @@ class PromptedSwin(PromptedModel):
         if pool not in SWIN_POOLS:
             raise ConfigError(f"Swin backbones pool by averaging; got global_pool={pool!r}")
         self.global_pool = pool
-        backbone.reset_classifier(0)
         self.stage_dims = [int(stage.blocks[0].dim) for stage in backbone.layers]
         self.depths = [len(stage.blocks) for stage in backbone.layers]
         self.embed_dim = self.stage_dims[0]
         self.num_blocks = sum(self.depths)
         self.stage_prompts: StagePrompts | None = None
+        self.kv_prompts: nn.ModuleList | None = None  # per stage, one KVPrompts per block
         self._make_head(int(backbone.num_features))
 
     def add_visual_prompts(
@@ -80,15 +83,13 @@ class PromptedSwin(PromptedModel):
         self.stage_prompts = StagePrompts(
             self.depths, self.stage_dims, tokens, deep, self.patch_size, dropout, project
         )
-        for stage in self.backbone.layers:
-            for block in stage.blocks:
-                prompt_attention_of(block)
 
     def add_kv_prompts(self, tokens: int, shared: bool, init: str = "heads") -> None:
-        for stage in self.backbone.layers:
-            for block in stage.blocks:
-                base = prompt_attention_of(block).base
-                block.attn = PromptedWindowAttention(base, tokens, shared, init)
+        if tokens > 0:
+            self.kv_prompts = nn.ModuleList(
+                nn.ModuleList(kv_prompts_for(b.attn, tokens, shared, init) for b in stage.blocks)
+                for stage in self.backbone.layers
+            )
 
     def backbone_blocks(self) -> list[nn.Module]:
         return [block for stage in self.backbone.layers for block in stage.blocks]
@@ -107,10 +108,14 @@ class PromptedSwin(PromptedModel):
                 if self.stage_prompts is not None:
                     fresh = self.stage_prompts.at(s, b, x.shape[0])
                     prompts = fresh.to(x.dtype) if fresh is not None else prompts
-                if prompts is None:
-                    x = self._run_block(block, x)
+                kv = None if self.kv_prompts is None else self.kv_prompts[s][b]
+                if prompts is not None:
+                    x, prompts = self._run_block(prompted_block_forward, block, x, prompts, kv)
+                elif kv is not None:  # key-value prompts alone: no visual prompt tokens
+                    none = x.new_zeros(x.shape[0], 0, x.shape[-1])
+                    x, _ = self._run_block(prompted_block_forward, block, x, none, kv)
                 else:
-                    x, prompts = self._run_block(prompted_block_forward, block, x, prompts)
+                    x = self._run_block(block, x)
         x = bb.norm(x)
         return x, (bb.norm(prompts) if prompts is not None else None)
 

@@ -1,18 +1,20 @@
 """The ViT family: timm ``VisionTransformer`` (and the bundled demo backbone), with
 visual prompts inserted after the prefix tokens and key-value prompts in every
-attention."""
+attention. The prompts, the pooling and the head live in the wrapper and enter through
+its forward; the backbone's modules are called, never replaced."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from timm.models.vision_transformer import global_pool_nlc
 from torch import nn
 
 from e2vpt.errors import ConfigError
 from e2vpt.families.base import register_family
 from e2vpt.layers.class_token_block import class_token_block_forward, supports_class_token_block
-from e2vpt.layers.kv_attention import add_kv_prompts
+from e2vpt.layers.kv_attention import block_with_kv_prompts, make_kv_prompts
 from e2vpt.layers.prompts import VisualPrompts
 from e2vpt.model import PromptedModel
 
@@ -22,10 +24,21 @@ VIT_POOLS = ("token", "avg", "avg-fc-norm", "map", "max", "avgmax")
 VIT_ATTRIBUTES = ("patch_embed", "blocks", "_pos_embed", "num_prefix_tokens", "forward_head")
 
 
+def pool_norm_moves(backbone: nn.Module, pool: str) -> bool:
+    """avg-fc-norm on a backbone without its own fc_norm: its final norm (pretrained
+    affine kept) normalises the pooled features instead of every token."""
+    return pool == "avg-fc-norm" and isinstance(getattr(backbone, "fc_norm", None), nn.Identity)
+
+
 @register_family("vit")
 class PromptedViT(PromptedModel):
     """A timm ``VisionTransformer`` used as it is, with prompts inserted around its own
     blocks (after the prefix tokens: CLS and any register tokens)."""
+
+    # key-value prompts were once parameters of the backbone's attention modules
+    legacy_renames = (
+        (r"^backbone\.blocks\.(\d+)\.attn\.((key|value)_prompt)$", r"kv_prompts.\1.\2"),
+    )
 
     @classmethod
     def accepts(cls, backbone: nn.Module) -> bool:
@@ -59,6 +72,10 @@ class PromptedViT(PromptedModel):
         # class-token pooling: the last block computes only the class token's output
         # (layers/class_token_block.py); off = every token, as a plain timm forward
         self.class_token_shortcut = True
+        # MAE-style avg-fc-norm on a backbone without fc_norm: the final norm is applied
+        # after the pooling instead of to every token
+        self.norm_after_pool = pool_norm_moves(backbone, self.global_pool)
+        self.kv_prompts: nn.ModuleList | None = None  # one KVPrompts per block
         self._make_head(self.embed_dim)
 
     @staticmethod
@@ -76,11 +93,18 @@ class PromptedViT(PromptedModel):
             )
         if pool == "map" and getattr(backbone, "attn_pool", None) is None:
             raise ConfigError("'map' pooling needs a backbone with an attention-pool head")
-        backbone.reset_classifier(0, global_pool="avg" if pool == "avg-fc-norm" else pool)
-        if pool == "avg-fc-norm" and isinstance(backbone.fc_norm, nn.Identity):
-            # the final norm moves behind the pooling, keeping its pretrained affine
-            backbone.fc_norm, backbone.norm = backbone.norm, nn.Identity()
         return pool
+
+    def release_backbone_head(self) -> None:
+        # timm's own call: the classifier goes, and an attention pool the pooling skips
+        pool = self.global_pool
+        self.backbone.reset_classifier(0, global_pool="avg" if pool == "avg-fc-norm" else pool)
+
+    def rename_legacy(self, name: str) -> str:
+        if self.norm_after_pool and name.startswith("backbone.fc_norm."):
+            # avg-fc-norm once moved the final norm into fc_norm's place
+            return "backbone.norm." + name[len("backbone.fc_norm.") :]
+        return super().rename_legacy(name)
 
     def add_visual_prompts(
         self,
@@ -105,13 +129,14 @@ class PromptedViT(PromptedModel):
         )
 
     def add_kv_prompts(self, tokens: int, shared: bool, init: str = "heads") -> None:
-        add_kv_prompts(self.backbone, tokens=tokens, shared=shared, init=init)
+        if tokens > 0:
+            self.kv_prompts = make_kv_prompts(list(self.backbone.blocks), tokens, shared, init)
 
     def backbone_blocks(self) -> list[nn.Module]:
         return list(self.backbone.blocks)
 
     def final_norm(self) -> nn.Module:
-        # pooling-side norm (MAE-style avg-fc-norm moves the final norm there), else norm
+        # the pooling-side norm where the backbone has one, else norm
         fc_norm = getattr(self.backbone, "fc_norm", None)
         if fc_norm is not None and not isinstance(fc_norm, nn.Identity):
             return fc_norm
@@ -152,13 +177,32 @@ class PromptedViT(PromptedModel):
         last = len(bb.blocks) - 1
         for index, block in enumerate(bb.blocks):
             x = self._insert_prompts(x, index)
+            kv = None if self.kv_prompts is None else self.kv_prompts[index]
             if index == last and class_token_only and supports_class_token_block(block):
-                x = self._run_block(class_token_block_forward, block, x)
+                x = self._run_block(class_token_block_forward, block, x, kv)
+            elif kv is not None:
+                x = self._run_block(block_with_kv_prompts, block, x, kv)
             else:
                 x = self._run_block(block, x)
-        return bb.norm(x)
+        return x if self.norm_after_pool else bb.norm(x)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens → pooled features, as timm's ``forward_head(pre_logits=True)`` with this
+        model's pooling (the backbone's own pooling settings are left as they are)."""
+        bb = self.backbone
+        pool = self.global_pool
+        if pool == "map":
+            return bb.forward_head(tokens, pre_logits=True)
+        x = global_pool_nlc(
+            tokens,
+            pool_type="avg" if pool == "avg-fc-norm" else pool,
+            num_prefix_tokens=self.num_prefix_tokens,
+            reduce_include_prefix=bool(getattr(bb, "pool_include_prefix", False)),
+        )
+        x = bb.norm(x) if self.norm_after_pool else bb.fc_norm(x)
+        return bb.head_drop(x)
 
     def forward_pre_logits(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.class_token_shortcut and self.global_pool == "token"
         features = self.forward_class_token(x) if shortcut else self.forward_features(x)
-        return self.backbone.forward_head(features, pre_logits=True)
+        return self.pool(features)

@@ -22,24 +22,22 @@ from timm.layers import Attention
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from e2vpt.layers.kv_attention import KVPromptAttention
+from e2vpt.layers.kv_attention import KVPrompts
 
 
 def supports_class_token_block(block: nn.Module) -> bool:
-    """True for timm's standard pre-norm ``Block`` with a fused ``qkv`` attention (with or
-    without key-value prompts; ``qkv`` a Linear or a module wrapping one); other block
-    types run in full."""
+    """True for timm's standard pre-norm ``Block`` with a fused ``qkv`` attention (``qkv``
+    a Linear or a module wrapping one); other block types run in full."""
     if type(block) is not Block:
         return False
     attn = block.attn
-    base = attn.base if isinstance(attn, KVPromptAttention) else attn
-    return type(base) is Attention and isinstance(getattr(base, "qkv", None), nn.Module)
+    return type(attn) is Attention and isinstance(getattr(attn, "qkv", None), nn.Module)
 
 
-def _class_token_attention(attn: nn.Module, h: torch.Tensor) -> torch.Tensor:
+def _class_token_attention(
+    base: Attention, h: torch.Tensor, kv_prompts: KVPrompts | None
+) -> torch.Tensor:
     """Attention output of token 0 over all of ``h`` (plus any key-value prompts)."""
-    kv_prompts = attn if isinstance(attn, KVPromptAttention) else None
-    base: Attention = attn.base if kv_prompts is not None else attn
     B, N, C = h.shape
     heads, head_dim = base.num_heads, base.head_dim
     width = heads * head_dim
@@ -55,7 +53,7 @@ def _class_token_attention(attn: nn.Module, h: torch.Tensor) -> torch.Tensor:
     k, v = kv.reshape(B, N, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = base.q_norm(q), base.k_norm(k)
     if kv_prompts is not None:
-        k, v = kv_prompts.extend_keys_values(k, v)
+        k, v = kv_prompts.extend(k, v)
     out = F.scaled_dot_product_attention(
         q,
         k,
@@ -70,8 +68,12 @@ def _class_token_attention(attn: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return base.proj_drop(base.proj(out))
 
 
-def class_token_block_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
-    """``block(x)[:, :1]`` without computing the other tokens' outputs: (B, 1, D)."""
+def class_token_block_forward(
+    block: Block, x: torch.Tensor, kv_prompts: KVPrompts | None = None
+) -> torch.Tensor:
+    """``block(x)[:, :1]`` (with ``kv_prompts`` in its attention, if given) without
+    computing the other tokens' outputs: (B, 1, D)."""
     h = block.norm1(x)
-    cls = x[:, :1] + block.drop_path1(block.ls1(_class_token_attention(block.attn, h)))
+    attended = _class_token_attention(block.attn, h, kv_prompts)
+    cls = x[:, :1] + block.drop_path1(block.ls1(attended))
     return cls + block.drop_path2(block.ls2(block.mlp(block.norm2(cls))))

@@ -1,7 +1,9 @@
 """Key-value prompts (E²VPT): extra keys/values in every self-attention, queries untouched.
 
-Wraps timm's own ``Attention`` (reusing its ``qkv``, norms and ``proj``) so no ViT
-code is copied; attention goes through ``F.scaled_dot_product_attention``.
+The prompts are parameters of the wrapped model; the attention is timm's own
+``Attention`` called with them (its ``qkv``, norms and ``proj``), so no ViT code is
+copied and the backbone is never rewired. Attention goes through
+``F.scaled_dot_product_attention``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention
+from timm.models.vision_transformer import Block, ResPostBlock
 from torch import nn
 
 from e2vpt.errors import ConfigError
@@ -37,77 +40,95 @@ def init_kv_prompt(num_heads: int, tokens: int, head_dim: int, how: str = "heads
     return flat.view(tokens, num_heads, head_dim).transpose(0, 1).contiguous()
 
 
-class KVPromptAttention(nn.Module):
-    """timm ``Attention`` plus ``tokens`` learnable keys/values per head."""
+class KVPrompts(nn.Module):
+    """The ``tokens`` learnable keys (and values) of one attention, per head.
+
+    They live in the wrapped model, not in the backbone: the model's forward hands
+    them to :func:`attention_with_kv_prompts`, so the backbone's modules stay as timm
+    built them and one backbone object can serve many models."""
 
     def __init__(
-        self, base: Attention, tokens: int, shared: bool = True, init: str = "heads"
+        self, num_heads: int, head_dim: int, tokens: int, shared: bool = True, init: str = "heads"
     ) -> None:
         super().__init__()
-        self.base = base
         self.tokens = tokens
         self.shared = shared
-        shape_args = (base.num_heads, tokens, base.head_dim, init)
+        shape_args = (num_heads, tokens, head_dim, init)
         self.key_prompt = nn.Parameter(init_kv_prompt(*shape_args))
         self.value_prompt: nn.Parameter | None = None
         if not shared:
             self.value_prompt = nn.Parameter(init_kv_prompt(*shape_args))
 
-    def extend_keys_values(
-        self, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, heads, N, head_dim) keys and values with the prompts appended: N + tokens."""
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B', heads, N, head_dim) keys and values with the prompts appended: N + tokens."""
         batch = k.shape[0]
         value_src = self.key_prompt if self.value_prompt is None else self.value_prompt
         key_prompt = self.key_prompt.to(k.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
         value_prompt = value_src.to(v.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
         return torch.cat([k, key_prompt], dim=2), torch.cat([v, value_prompt], dim=2)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        attn_mask: torch.Tensor | None = None,
-        is_causal: bool = False,
-    ) -> torch.Tensor:
-        if is_causal:
-            raise NotImplementedError("key-value prompts do not support causal attention")
-        base = self.base
-        B, N, _ = x.shape
-        gate = base.gate(x).sigmoid() if getattr(base, "gate", None) is not None else None
-        qkv = base.qkv(x).reshape(B, N, 3, base.num_heads, base.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = base.q_norm(q), base.k_norm(k)
-        k, v = self.extend_keys_values(k, v)
-        if attn_mask is not None:
-            # the prompt keys are visible to every query
-            pad_value: bool | float = True if attn_mask.dtype == torch.bool else 0.0
-            attn_mask = F.pad(attn_mask, (0, self.tokens), value=pad_value)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            dropout_p=base.attn_drop.p if base.training else 0.0,
-            scale=base.scale if hasattr(base, "scale") else 1.0 / math.sqrt(base.head_dim),
-        )
-        out = out.transpose(1, 2).reshape(B, N, base.num_heads * base.head_dim)
-        out = base.norm(out)
-        if gate is not None:
-            out = out * gate
-        return base.proj_drop(base.proj(out))
+
+def attention_with_kv_prompts(
+    attn: Attention,
+    x: torch.Tensor,
+    kv: KVPrompts,
+    attn_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """timm ``Attention`` on ``x`` (B, N, C) with ``kv``'s keys/values appended; every
+    sub-module of ``attn`` is called (``qkv`` may be a method's wrapper)."""
+    B, N, _ = x.shape
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    k, v = kv.extend(k, v)
+    if attn_mask is not None:
+        # the prompt keys are visible to every query
+        pad_value: bool | float = True if attn_mask.dtype == torch.bool else 0.0
+        attn_mask = F.pad(attn_mask, (0, kv.tokens), value=pad_value)
+    out = F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=attn_mask,
+        dropout_p=attn.attn_drop.p if attn.training else 0.0,
+        scale=attn.scale if hasattr(attn, "scale") else 1.0 / math.sqrt(attn.head_dim),
+    )
+    out = out.transpose(1, 2).reshape(B, N, attn.num_heads * attn.head_dim)
+    out = attn.norm(out)
+    if gate is not None:
+        out = out * gate
+    return attn.proj_drop(attn.proj(out))
 
 
-def add_kv_prompts(
-    backbone: nn.Module, tokens: int, shared: bool = True, init: str = "heads"
-) -> None:
-    """Replace every block's ``attn`` by a :class:`KVPromptAttention` around it."""
-    if tokens == 0:
-        return
-    for index, block in enumerate(backbone.blocks):
+# the block types whose forward is restated here with the prompts passed to attention:
+# timm's pre-norm Block and post-norm ResPostBlock (their own sub-modules, in their order)
+KV_BLOCKS = (Block, ResPostBlock)
+
+
+def block_with_kv_prompts(block: nn.Module, x: torch.Tensor, kv: KVPrompts) -> torch.Tensor:
+    """``block(x)`` with ``kv`` appended to its attention's keys and values."""
+    if type(block) is ResPostBlock:
+        x = x + block.drop_path1(block.norm1(attention_with_kv_prompts(block.attn, x, kv)))
+        return x + block.drop_path2(block.norm2(block.mlp(x)))
+    attended = attention_with_kv_prompts(block.attn, block.norm1(x), kv)
+    x = x + block.drop_path1(block.ls1(attended))
+    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+
+def make_kv_prompts(
+    blocks: list[nn.Module], tokens: int, shared: bool = True, init: str = "heads"
+) -> nn.ModuleList:
+    """One :class:`KVPrompts` per block (each block must be a timm ``Block`` or
+    ``ResPostBlock`` with timm's standard ``Attention``)."""
+    out = nn.ModuleList()
+    for index, block in enumerate(blocks):
         attn = getattr(block, "attn", None)
-        if not isinstance(attn, Attention):
+        if type(block) not in KV_BLOCKS or not isinstance(attn, Attention):
             raise ConfigError(
-                f"key-value prompts need timm's standard Attention in every block; block "
-                f"{index} has {type(attn).__name__}. Use a plain ViT backbone or set kv_tokens=0"
+                f"key-value prompts need timm's standard Block and Attention in every block; "
+                f"block {index} is a {type(block).__name__} with {type(attn).__name__}. Use a "
+                "plain ViT backbone or set kv_tokens=0"
             )
-        block.attn = KVPromptAttention(attn, tokens, shared, init)
+        out.append(KVPrompts(attn.num_heads, attn.head_dim, tokens, shared, init))
+    return out

@@ -6,9 +6,9 @@ each window attends over [prompts; its tokens], the prompts' own outputs are ave
 over the windows, and the MLP sees them like any other token. Key-value prompts are
 appended to every window's keys and values. The relative-position bias and the
 shifted-window mask get zero entries for the prompt positions (prompts have no
-position and are visible from every window). timm's ``WindowAttention`` is reused for
-its ``qkv``, bias table and ``proj``; attention goes through
-``F.scaled_dot_product_attention``.
+position and are visible from every window). timm's ``WindowAttention`` is called for
+its ``qkv``, bias table and ``proj`` (never replaced: the prompts are the wrapped
+model's); attention goes through ``F.scaled_dot_product_attention``.
 """
 
 from __future__ import annotations
@@ -23,68 +23,57 @@ from timm.models.swin_transformer import (
 )
 from torch import nn
 
-from e2vpt.layers.kv_attention import init_kv_prompt
+from e2vpt.layers.kv_attention import KVPrompts
 from e2vpt.layers.prompts import VisualPrompts
 
 
-class PromptedWindowAttention(nn.Module):
-    """timm ``WindowAttention`` + ``tokens`` key-value prompts + room for visual prompts."""
+def kv_prompts_for(attn: WindowAttention, tokens: int, shared: bool, init: str) -> KVPrompts:
+    """Key-value prompts shaped for one window attention."""
+    head_dim = attn.qkv.out_features // 3 // attn.num_heads
+    return KVPrompts(attn.num_heads, head_dim, tokens, shared, init)
 
-    def __init__(
-        self, base: WindowAttention, tokens: int = 0, shared: bool = True, init: str = "heads"
-    ) -> None:
-        super().__init__()
-        self.base = base
-        self.tokens = tokens
-        self.shared = shared
-        head_dim = base.qkv.out_features // 3 // base.num_heads
-        shape_args = (base.num_heads, tokens, head_dim, init)
-        self.key_prompt: nn.Parameter | None = None
-        self.value_prompt: nn.Parameter | None = None
-        if tokens > 0:
-            self.key_prompt = nn.Parameter(init_kv_prompt(*shape_args))
-            if not shared:
-                self.value_prompt = nn.Parameter(init_kv_prompt(*shape_args))
 
-    def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, visual_tokens: int = 0
-    ) -> torch.Tensor:
-        """``x``: (windows·B, visual_tokens + window_area, C), prompts first;
-        ``mask``: timm's (windows, area, area) shifted-window mask or None."""
-        base = self.base
-        B_, T, _ = x.shape
-        p, m = visual_tokens, self.tokens
-        if T - p != base.window_area:
-            raise ValueError(f"expected {p} prompts + {base.window_area} window tokens, got {T}")
-        qkv = base.qkv(x).reshape(B_, T, 3, base.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        if self.key_prompt is not None:
-            value_src = self.key_prompt if self.value_prompt is None else self.value_prompt
-            k = torch.cat([k, self.key_prompt.to(k.dtype).expand(B_, -1, -1, -1)], dim=2)
-            v = torch.cat([v, value_src.to(v.dtype).expand(B_, -1, -1, -1)], dim=2)
-        # zero bias / no masking wherever a prompt is involved
-        bias = F.pad(base._get_rel_pos_bias(), (p, m, p, 0))  # (1, heads, T, T + m)
-        if mask is not None:
-            windows = mask.shape[0]
-            mask = F.pad(mask, (p, m, p, 0)).to(bias.dtype)  # (windows, T, T + m)
-            bias = (bias.unsqueeze(1) + mask.unsqueeze(1).unsqueeze(0)).expand(
-                B_ // windows, -1, -1, -1, -1
-            )
-            bias = bias.reshape(B_, base.num_heads, T, T + m)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=bias.to(q.dtype),
-            dropout_p=base.attn_drop.p if base.training else 0.0,
-            scale=base.scale,
+def window_attention_with_prompts(
+    attn: WindowAttention,
+    x: torch.Tensor,
+    mask: torch.Tensor | None,
+    visual_tokens: int,
+    kv: KVPrompts | None,
+) -> torch.Tensor:
+    """timm ``WindowAttention`` (its ``qkv``, bias table and ``proj``) over ``x``:
+    (windows·B, visual_tokens + window_area, C), prompts first; ``mask``: timm's
+    (windows, area, area) shifted-window mask or None; ``kv``: appended keys/values."""
+    B_, T, _ = x.shape
+    p, m = visual_tokens, (kv.tokens if kv is not None else 0)
+    if T - p != attn.window_area:
+        raise ValueError(f"expected {p} prompts + {attn.window_area} window tokens, got {T}")
+    qkv = attn.qkv(x).reshape(B_, T, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    if kv is not None:
+        k, v = kv.extend(k, v)
+    # zero bias / no masking wherever a prompt is involved
+    bias = F.pad(attn._get_rel_pos_bias(), (p, m, p, 0))  # (1, heads, T, T + m)
+    if mask is not None:
+        windows = mask.shape[0]
+        mask = F.pad(mask, (p, m, p, 0)).to(bias.dtype)  # (windows, T, T + m)
+        bias = (bias.unsqueeze(1) + mask.unsqueeze(1).unsqueeze(0)).expand(
+            B_ // windows, -1, -1, -1, -1
         )
-        out = out.transpose(1, 2).reshape(B_, T, -1)
-        return base.proj_drop(base.proj(out))
+        bias = bias.reshape(B_, attn.num_heads, T, T + m)
+    out = F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=bias.to(q.dtype),
+        dropout_p=attn.attn_drop.p if attn.training else 0.0,
+        scale=attn.scale,
+    )
+    out = out.transpose(1, 2).reshape(B_, T, -1)
+    return attn.proj_drop(attn.proj(out))
 
 
 def _attention_with_prompts(
-    block: SwinTransformerBlock, x: torch.Tensor, prompts: torch.Tensor
+    block: SwinTransformerBlock, x: torch.Tensor, prompts: torch.Tensor, kv: KVPrompts | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """timm's ``SwinTransformerBlock._attn`` (shift, pad, partition, attend, merge) with
     the prompts joined to every window; returns (grid output, prompt output)."""
@@ -103,7 +92,7 @@ def _attention_with_prompts(
     num_windows = windows.shape[0] // B
     mask = block.get_attn_mask(x) if getattr(block, "dynamic_mask", False) else block.attn_mask
     joined = torch.cat([prompts.repeat_interleave(num_windows, dim=0), windows], dim=1)
-    out = block.attn(joined, mask=mask, visual_tokens=p)
+    out = window_attention_with_prompts(block.attn, joined, mask, p, kv)
     prompt_out = out[:, :p].reshape(B, num_windows, p, C).mean(dim=1)
     grid = window_reverse(out[:, p:].reshape(-1, win_h, win_w, C), block.window_size, Hp, Wp)
     grid = grid[:, :H, :W, :]
@@ -113,25 +102,22 @@ def _attention_with_prompts(
 
 
 def prompted_block_forward(
-    block: SwinTransformerBlock, x: torch.Tensor, prompts: torch.Tensor
+    block: SwinTransformerBlock,
+    x: torch.Tensor,
+    prompts: torch.Tensor,
+    kv: KVPrompts | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Swin block on the (B, H, W, C) grid and the (B, p, C) prompts, with the
-    block's own norms, MLP and drop paths."""
+    """One Swin block on the (B, H, W, C) grid and the (B, p, C) prompts (p may be 0),
+    with ``kv`` in its attention and the block's own norms, MLP and drop paths."""
     B, H, W, C = x.shape
     p = prompts.shape[1]
-    grid_out, prompt_out = _attention_with_prompts(block, block.norm1(x), block.norm1(prompts))
+    normed = block.norm1(prompts)
+    grid_out, prompt_out = _attention_with_prompts(block, block.norm1(x), normed, kv)
     x = x + block.drop_path1(grid_out)
     prompts = prompts + block.drop_path1(prompt_out)
     seq = torch.cat([prompts, x.reshape(B, H * W, C)], dim=1)
     seq = seq + block.drop_path2(block.mlp(block.norm2(seq)))
     return seq[:, p:].reshape(B, H, W, C), seq[:, :p]
-
-
-def prompt_attention_of(block: SwinTransformerBlock) -> PromptedWindowAttention:
-    """The block's attention as a :class:`PromptedWindowAttention` (wrapped once)."""
-    if not isinstance(block.attn, PromptedWindowAttention):
-        block.attn = PromptedWindowAttention(block.attn)
-    return block.attn
 
 
 class StagePrompts(nn.Module):

@@ -48,6 +48,7 @@ class AdapterConfig(MethodConfig):
     """Hidden width = block width / ``reduction`` (the VPT paper's r ∈ {8, 64, 256})."""
 
     name: ClassVar[str] = "adapter"
+    changes_backbone: ClassVar[bool] = True
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.1, "adamw": 1e-3}
     size_fields: ClassVar[tuple[str, ...]] = ("reduction",)
     reduction: int = 8  # bottleneck width = block width / reduction

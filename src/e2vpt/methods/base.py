@@ -24,6 +24,9 @@ class MethodConfig:
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.1, "adamw": 0.04}
     # only the head learns: its inputs (the frozen features) can be computed once
     head_only: ClassVar[bool] = False
+    # it changes the backbone's weights or modules, so it takes the backbone object for
+    # itself (False: its parts live beside the backbone, which any number of models share)
+    changes_backbone: ClassVar[bool] = False
     # the checkpoint holds a backbone's worth of tensors: sweeps keep it for finals only
     large_checkpoint: ClassVar[bool] = False
     # the options that set its size, shown beside its counts (`e2vpt info`)
@@ -58,6 +61,12 @@ class MethodConfig:
     @classmethod
     def size_options(cls, visual_tokens: int | None, kv_tokens: int | None) -> dict[str, Any]:
         """This method's options for `e2vpt info --visual-tokens/--kv-tokens` ({}: none)."""
+        return {}
+
+    @classmethod
+    def example_options(cls) -> dict[str, Any]:
+        """Options for a small working instance, for a method that has no usable defaults
+        (the contract tests build every registered method with them)."""
         return {}
 
     @property

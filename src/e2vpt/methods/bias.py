@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 @dataclass
 class BiasConfig(MethodConfig):
     name: ClassVar[str] = "bias"
+    changes_backbone: ClassVar[bool] = True
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.2, "adamw": 0.04}
 
     def tunes(self, model: nn.Module, name: str) -> bool:

@@ -43,8 +43,7 @@ class E2VPTConfig(MethodConfig):
 
     def tunes(self, model: nn.Module, name: str) -> bool:
         # the masks are parameters only when they train (train_masks), buffers otherwise
-        prompts = name.startswith(("head.", "visual_prompts.", "stage_prompts."))
-        return prompts or name.endswith(("attn.key_prompt", "attn.value_prompt"))
+        return name.startswith(("head.", "visual_prompts.", "stage_prompts.", "kv_prompts."))
 
     @classmethod
     def size_options(cls, visual_tokens: int | None, kv_tokens: int | None) -> dict[str, Any]:

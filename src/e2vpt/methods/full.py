@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 @dataclass
 class FullConfig(MethodConfig):
     name: ClassVar[str] = "full"
+    changes_backbone: ClassVar[bool] = True
     trains_backbone: ClassVar[bool] = True
     optimizer: ClassVar[str] = "adamw"
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.05, "adamw": 5e-4}

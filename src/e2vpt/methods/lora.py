@@ -22,6 +22,7 @@ LORA_TARGETS = {"qkv": r".*\.attn\.qkv", "qkv,proj": r".*\.attn\.(qkv|proj)"}
 @dataclass
 class LoRAConfig(MethodConfig):
     name: ClassVar[str] = "lora"
+    changes_backbone: ClassVar[bool] = True
     # starting points for `e2vpt sweep`'s grid search, not tuned values
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.1, "adamw": 1e-3}
     size_fields: ClassVar[tuple[str, ...]] = ("rank", "targets")

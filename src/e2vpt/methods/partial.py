@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 @dataclass
 class PartialConfig(MethodConfig):
     name: ClassVar[str] = "partial"
+    changes_backbone: ClassVar[bool] = True
     # a whole block learns, as in full fine-tuning: a smaller lr than the prompt methods'
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.05, "adamw": 5e-4}
     size_fields: ClassVar[tuple[str, ...]] = ("blocks",)
