@@ -15,11 +15,12 @@ SPECS = registered_methods()
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_every_method_brings_its_own_defaults(spec) -> None:
-    config = method_config(spec.name)
+    example = spec.config_cls.example_options()  # {} where the defaults work
+    config = method_config(spec.name, example)
     assert config.method_name == spec.name
     assert set(spec.config_cls.default_base_lr) >= {"sgd", "adamw"}
     assert all(lr > 0 for lr in spec.config_cls.default_base_lr.values())
-    cfg = TrainConfig(method=spec.name)
+    cfg = TrainConfig(method=spec.name, method_config=example)
     expected = spec.config_cls.default_base_lr[cfg.resolved_optimizer()]
     assert cfg.resolved_base_lr() == expected
     assert set(dict(spec.paper_anchors)) <= {*VTAB_GROUPS, "fgvc"}

@@ -119,7 +119,7 @@ def test_adapters_learn_and_refuse_a_backbone_that_has_them(images) -> None:
         optimizer.step()
     adapter = model.backbone.blocks[0].mlp.adapter
     assert adapter.up.weight.abs().sum() > 0 and adapter.down.weight.grad.abs().sum() > 0
-    with pytest.raises(e2vpt.ConfigError, match="already wrapped"):
+    with pytest.raises(e2vpt.ConfigError, match="carries the changes a 'adapter' model made"):
         e2vpt.wrap(backbone, AdapterConfig(), 5)
     with pytest.raises(e2vpt.ConfigError, match="activation must be one of relu, gelu"):
         AdapterConfig(activation="tanh").validate()
@@ -186,3 +186,64 @@ def test_sidetune_blends_a_side_network_with_the_frozen_features(images) -> None
     assert torch.sigmoid(side.alpha_logit).item() != pytest.approx(0.25)
     with pytest.raises(e2vpt.ConfigError, match="blend_init must be in"):
         SidetuneConfig(blend_init=1.0).validate()
+
+
+def test_any_peft_tuner_from_its_config(images, tmp_path) -> None:
+    """peft's LoRA through the generic method counts as the lora method; IA³'s scalings
+    are one per output of qkv and one per input of the feed-forward fc2."""
+    from e2vpt.methods.peft_tuner import PeftTunerConfig
+
+    lora_like = PeftTunerConfig(
+        peft_config={"peft_type": "lora", "r": 4, "lora_alpha": 8, "target_modules": ["qkv"]}
+    )
+    counts = e2vpt.count_parameters(e2vpt.wrap(make_tiny_vit(), lora_like, 5))
+    lora = e2vpt.count_parameters(e2vpt.wrap(make_tiny_vit(), LoRAConfig(rank=4, alpha=8), 5))
+    assert counts == lora
+    ia3 = PeftTunerConfig(
+        peft_config={
+            "peft_type": "IA3",
+            "target_modules": ["qkv", "fc2"],
+            "feedforward_modules": ["fc2"],
+        }
+    )
+    model = e2vpt.wrap(make_tiny_vit(), ia3, 5)
+    blocks = model.backbone_blocks()
+    expected = sum(b.attn.qkv.out_features + b.mlp.fc2.in_features for b in blocks)
+    assert e2vpt.count_parameters(model).tunable_without_head == expected
+    plain = e2vpt.wrap(make_tiny_vit(), e2vpt.LinearConfig(), 5).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)  # the same head
+    with torch.no_grad():  # IA³ starts at scalings of one: the backbone's features
+        torch.testing.assert_close(model.eval()(images), plain(images))
+
+
+@pytest.mark.parametrize(
+    ("peft_config", "message"),
+    [
+        ({}, "needs a peft config: --peft-config FILE"),
+        ({"peft_type": "NOPE", "target_modules": ["qkv"]}, "'NOPE' is not a peft tuner"),
+        ({"peft_type": "PROMPT_TUNING"}, "prompt-learning tuner"),
+        ({"peft_type": "LORA"}, "name the Linear layers to adapt in target_modules"),
+        ({"peft_type": "LORA", "target_modules": ["qkv"], "modules_to_save": ["head"]}, "drop"),
+        ({"peft_type": "LORA", "target_modules": ["qkv"], "rr": 2}, "unexpected keyword"),
+    ],
+)
+def test_peft_configs_are_checked_before_any_work(peft_config, message) -> None:
+    with pytest.raises(e2vpt.ConfigError, match=message):
+        e2vpt.method_config("peft", {"peft_config": peft_config})
+
+
+def test_peft_config_file_on_the_command_line(tmp_path, capsys) -> None:
+    from e2vpt.cli.main import main
+
+    good = tmp_path / "ia3.yaml"
+    good.write_text("peft_type: IA3\ntarget_modules: [qkv]\nfeedforward_modules: []\n")
+    assert main(["info", "--backbone", "demo_vit_cifar10", "--methods", "peft",
+                 "--peft-config", str(good)]) == 0  # fmt: skip
+    assert "IA3, target_modules=['qkv']" in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    for path, message in ((bad, "must hold a mapping"), (tmp_path / "none.json", "not found")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["info", "--methods", "peft", "--peft-config", str(path)])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err

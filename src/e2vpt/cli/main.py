@@ -98,10 +98,20 @@ def _add_dataclass_flags(
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        kind = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         described = comments.get(f.name, f.name).replace("%", "%%")
         text = f"{help_prefix}{described} (default: {default})"
+        if "parse" in f.metadata:  # a field read from a file (e.g. a peft config)
+            parser.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                type=f.metadata["parse"],
+                metavar=f.metadata.get("metavar"),
+                default=argparse.SUPPRESS,
+                help=f"{help_prefix}{described}",
+            )
+            continue
+        kind = _base_type(hints[f.name])
         if kind is bool:
             parser.add_argument(
                 _flag(f.name),
@@ -175,8 +185,15 @@ SWEEP_FLAGS = {
 
 def _add_train_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:
     _add_dataclass_flags(parser, TrainConfig, skip=skip)
+    _add_method_flags(parser)
+
+
+def _add_method_flags(
+    parser: argparse.ArgumentParser, skip: frozenset[str] | set[str] = frozenset()
+) -> None:
+    """One flag per method option (an option several methods share: one flag)."""
     group = parser.add_argument_group("method options (see `e2vpt info`)")
-    added: set[str] = set()
+    added: set[str] = set(skip)
     for cls in _method_config_classes():
         fields = {f.name for f in dataclasses.fields(cls)} - added - {"deep"}
         _add_dataclass_flags(
@@ -442,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--visual-tokens", type=int, default=None, help="E²VPT / VPT prompt tokens")
     info.add_argument("--kv-tokens", type=int, default=None, help="E²VPT key-value tokens")
+    _add_method_flags(info, skip={"visual_tokens", "kv_tokens"})
     return parser
 
 
@@ -757,12 +775,24 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     names = [canonical_name(b) for b in args.backbone]
     methods = args.methods or list_methods()
+    owners = method_option_owners()
+    # method options given as flags (--visual-tokens / --kv-tokens: size_options below)
+    given = {k: v for k, v in vars(args).items() if k in owners and v is not None}
+    configs = []
+    for method in methods:
+        spec = get_method(method)
+        fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+        options = spec.config_cls.size_options(args.visual_tokens, args.kv_tokens)
+        options |= {k: v for k, v in given.items() if k in fields}
+        try:
+            configs.append(method_config(method, options))
+        except ConfigError as err:
+            if args.methods:  # asked for by name: its missing option is the error
+                raise
+            print(f"(skipped {method}: {err})", file=sys.stderr)
     rows = []
     for name in names:
-        for method in methods:
-            spec = get_method(method)
-            options = spec.config_cls.size_options(args.visual_tokens, args.kv_tokens)
-            config = method_config(method, options)
+        for config in configs:
             # meta device: no memory and no weights needed, even for ViT-H
             with torch.device("meta"):
                 backbone = create_backbone(name, pretrained=False)

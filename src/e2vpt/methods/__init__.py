@@ -17,6 +17,7 @@ from e2vpt.methods.linear import LinearConfig
 from e2vpt.methods.lora import LoRAConfig
 from e2vpt.methods.mlp import MLPConfig
 from e2vpt.methods.partial import PartialConfig
+from e2vpt.methods.peft_tuner import PeftTunerConfig
 from e2vpt.methods.sidetune import SidetuneConfig
 from e2vpt.methods.vpt import VPTConfig
 
@@ -30,6 +31,7 @@ __all__ = [
     "LoRAConfig",
     "MLPConfig",
     "PartialConfig",
+    "PeftTunerConfig",
     "SidetuneConfig",
     "MethodConfig",
     "MethodSpec",
