@@ -38,6 +38,15 @@ from e2vpt.wrapping import wrap
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """``e2vpt.Predictor`` without importing the training stack on ``import e2vpt``."""
+    if name == "Predictor":
+        from e2vpt.predict import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'e2vpt' has no attribute {name!r}")
+
 __all__ = [
     "DEMO_BACKBONE",
     "BackboneError",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import dataclasses
 import hashlib
 import inspect
@@ -15,6 +16,7 @@ import os
 import re
 import signal
 import sys
+import time
 import types
 import typing
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ from e2vpt.backbones import DEMO_BACKBONE, canonical_name, check_weights_file, c
 from e2vpt.checkpoint import CheckpointError, load, read_config
 from e2vpt.data import BUILTIN_PREFIX, load_task
 from e2vpt.errors import E2VPTError, Interrupted
+from e2vpt.files import atomic_write_text, check_writable
 from e2vpt.layers.prompts import PRUNE_MODES
 from e2vpt.methods.base import (
     _REGISTRY,
@@ -59,6 +62,7 @@ INTERRUPTED = {
     "prune": "Finished grid points are kept and the interrupted one resumes from its last "
     "saved epoch; rerun the same command to go on.",
     "eval": "Nothing was written.",
+    "predict": "The output file was not written (an existing one is untouched).",
     "report": "Rerun the command to write the report.",
     "info": "Nothing was written.",
 }
@@ -382,6 +386,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="also sweeps not finished yet (their seeds so far)",
     )
 
+    pred = sub.add_parser(
+        "predict",
+        help="classify images with a trained run folder",
+        description="Top-k classes of each image, decoded and resized as the run's "
+        "evaluation saw them. Unreadable images are reported and skipped (exit code 1).",
+    )
+    pred.add_argument("run_dir", type=Path)
+    pred.add_argument(
+        "inputs", nargs="+", help="image files, folders (searched at any depth), globs"
+    )
+    pred.add_argument("--output", type=Path, help="write the predictions to a .csv or .jsonl file")
+    pred.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    pred.add_argument("--top-k", type=int, default=5)
+    pred.add_argument("--batch-size", type=int, default=64)
+    pred.add_argument("--device", default="auto")
+    pred.add_argument("--precision", default="fp32", help="fp32 | bf16 | auto")
+    pred.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+
     evaluate = sub.add_parser("eval", help="evaluate a trained run folder")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data", help="task to evaluate on (default: the run's own)")
@@ -693,6 +715,81 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+PREDICTION_FORMATS = (".csv", ".jsonl")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from e2vpt.predict import Failure, Prediction, Predictor, find_images, throughput
+
+    output: Path | None = args.output
+    if output is not None:
+        if output.suffix not in PREDICTION_FORMATS:
+            raise ConfigError(
+                f"--output {output}: name a .csv or .jsonl file (the suffix picks the format)"
+            )
+        if output.exists() and not args.overwrite:
+            raise ConfigError(
+                f"{output} exists; pass --overwrite to replace it, or another --output"
+            )
+        check_writable(output.parent, flag="--output")
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
+    paths = find_images(args.inputs)
+    predictor = Predictor(
+        args.run_dir,
+        device=args.device,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        top_k=args.top_k,
+    )
+    for note_text in predictor.notes:
+        print(f"note: {note_text}", file=sys.stderr)
+    start = time.perf_counter()
+    rows: list[Prediction] = []
+    failed: list[Failure] = []
+    for item in predictor.predict_files(paths, progress=args.progress):
+        if isinstance(item, Failure):
+            failed.append(item)
+            tqdm.write(f"skipped {item.path}: {item.reason}", file=sys.stderr)
+        else:
+            rows.append(item)
+    elapsed = time.perf_counter() - start
+    if output is not None:
+        atomic_write_text(output, _predictions_text(rows, output.suffix))
+    else:
+        table = [
+            {"image": r.path, "class": r.classes[0], "p": round(r.probabilities[0], 4)}
+            | ({"next": ", ".join(r.classes[1:3])} if len(r.classes) > 1 else {})
+            for r in rows
+        ]
+        print(format_table(table))
+    print(f"\npredicted {throughput(len(rows), elapsed)}", file=sys.stderr)
+    if output is not None:
+        print(f"written: {output}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} image(s) could not be read and were skipped", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _predictions_text(rows: list[Any], suffix: str) -> str:
+    """The rows as JSON lines, or CSV with one column pair per rank."""
+    if suffix == ".jsonl":
+        return "".join(json.dumps(r.to_dict()) + "\n" for r in rows)
+    buffer = io.StringIO()
+    k = max((len(r.classes) for r in rows), default=0)
+    writer = csv.writer(buffer)
+    writer.writerow(["path", *[f"{kind}_{i + 1}" for i in range(k) for kind in ("class", "p")]])
+    for r in rows:
+        pairs = [
+            v for c, p in zip(r.classes, r.probabilities, strict=True) for v in (c, f"{p:.6f}")
+        ]
+        writer.writerow([r.path, *pairs])
+    return buffer.getvalue()
+
+
 def _data_label(data: str) -> str:
     """A short file-name label that still tells datasets apart: a built-in task's name,
     else the folder's name and a hash of its absolute path (``pets-3fa2c1``)."""
@@ -849,6 +946,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args, argv[1:])
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "predict":
+            return cmd_predict(args)
         if args.command == "prune":
             return cmd_prune(args)
         if args.command == "info":

@@ -157,19 +157,24 @@ def read_image(path: Path, size: int, keep_aspect: bool = False) -> np.ndarray:
     (FGVC's Resize(256) before its crops); otherwise a plain resize (VTAB's protocol)."""
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            if keep_aspect:
-                w, h = img.size
-                scale = size / min(w, h)
-                nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-                img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-                left, top = (nw - size) // 2, (nh - size) // 2
-                img = img.crop((left, top, left + size, top + size))
-            elif img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+            return resize_image(img, size, keep_aspect)
     except (UnidentifiedImageError, OSError) as err:
         raise DataError(f"cannot read image {path}: {err}") from err
+
+
+def resize_image(img: Image.Image, size: int, keep_aspect: bool = False) -> np.ndarray:
+    """An opened image as :func:`read_image` returns it."""
+    img = img.convert("RGB")
+    if keep_aspect:
+        w, h = img.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    elif img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
 
 
 def read_image_and_aspect(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
