@@ -47,6 +47,7 @@ def __getattr__(name: str) -> object:
         return Predictor
     raise AttributeError(f"module 'e2vpt' has no attribute {name!r}")
 
+
 __all__ = [
     "DEMO_BACKBONE",
     "BackboneError",

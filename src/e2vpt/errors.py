@@ -35,3 +35,7 @@ class DivergedError(E2VPTError, FloatingPointError):
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped a run; the message says what was kept and how to go on."""
+
+
+class ExportError(E2VPTError, RuntimeError):
+    """A model could not be exported, or the exported file does not reproduce it."""

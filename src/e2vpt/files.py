@@ -18,10 +18,11 @@ def publish(tmp: str | Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def temp_path(target: Path) -> Path:
-    """A fresh temp file beside ``target`` (same file system, so the rename is atomic)."""
+def temp_path(target: Path, suffix: str = ".tmp") -> Path:
+    """A fresh temp file beside ``target`` (same file system, so the rename is atomic);
+    ``suffix`` for writers that insist on one (torch.export wants ``.pt2``)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
     return Path(tmp)
 

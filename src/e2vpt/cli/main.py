@@ -63,6 +63,7 @@ INTERRUPTED = {
     "saved epoch; rerun the same command to go on.",
     "eval": "Nothing was written.",
     "predict": "The output file was not written (an existing one is untouched).",
+    "export": "The output file was not written (an existing one is untouched).",
     "report": "Rerun the command to write the report.",
     "info": "Nothing was written.",
 }
@@ -404,6 +405,25 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--precision", default="fp32", help="fp32 | bf16 | auto")
     pred.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
 
+    exp = sub.add_parser(
+        "export",
+        help="write a run's model as one ONNX / TorchScript / ExportedProgram file",
+        description="The whole model (backbone, prompts, head) and its input normalisation "
+        "in one file: input float32 (N, 3, S, S) RGB pixels 0-255, resized as `e2vpt "
+        "predict` resizes; output logits. The file is run on sample inputs and compared "
+        "with PyTorch before it is kept.",
+    )
+    exp.add_argument("run_dir", type=Path)
+    exp.add_argument("--format", default="onnx", help="onnx | torchscript | exported-program")
+    exp.add_argument("--output", type=Path, help="file to write (default: RUN_DIR/model.<ext>)")
+    exp.add_argument("--batch", default="dynamic", help="dynamic, or a fixed batch size")
+    exp.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    exp.add_argument(
+        "--weights",
+        help="the backbone's weights file, when the path the run stored does not hold it here",
+    )
+
     evaluate = sub.add_parser("eval", help="evaluate a trained run folder")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data", help="task to evaluate on (default: the run's own)")
@@ -715,6 +735,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from e2vpt.export import EXPORT_FORMATS, check_output, deployable, export_model, parse_batch
+    from e2vpt.training.trainer import model_data_settings
+
+    if args.format not in EXPORT_FORMATS:
+        raise ConfigError(
+            f"unknown --format {args.format!r}; choose one of {', '.join(EXPORT_FORMATS)}"
+        )
+    output = args.output or args.run_dir / f"model{EXPORT_FORMATS[args.format]}"
+    batch = parse_batch(args.batch)
+    check_output(output, args.format, args.overwrite)
+    require_complete(args.run_dir, "export")
+    meta = read_config(args.run_dir)
+    model = load(args.run_dir, backbone=_backbone_for(meta, args.weights, args.run_dir))
+    size, normalizer = model_data_settings(model.eval())
+    mean = tuple(normalizer.mean.flatten().div(255).tolist())
+    std = tuple(normalizer.std.flatten().div(255).tolist())
+    print(f"exporting {args.run_dir} ({meta['method']}) as {args.format} …", file=sys.stderr)
+    report = export_model(
+        deployable(model, mean, std), size, args.format, output, batch, args.opset, args.overwrite
+    )
+    print(
+        format_table(
+            [
+                {
+                    "format": report.format,
+                    "file": report.output,
+                    "MiB": round(report.bytes / 2**20, 2),
+                    "batch": report.batch,
+                    "input": f"float32 (N, 3, {size}, {size}), 0-255",
+                    "max |Δlogit| vs PyTorch": f"{report.max_abs_logit_error:.2e}",
+                    "s": report.seconds,
+                }
+            ]
+        )
+    )
+    return 0
+
+
 PREDICTION_FORMATS = (".csv", ".jsonl")
 
 
@@ -948,6 +1007,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_eval(args)
         if args.command == "predict":
             return cmd_predict(args)
+        if args.command == "export":
+            return cmd_export(args)
         if args.command == "prune":
             return cmd_prune(args)
         if args.command == "info":
