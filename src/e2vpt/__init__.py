@@ -34,6 +34,7 @@ from e2vpt.methods import (
     register_method,
 )
 from e2vpt.model import PromptedModel
+from e2vpt.multitask import MultiTaskModel
 from e2vpt.wrapping import wrap
 
 __version__ = "0.1.0"
@@ -50,6 +51,8 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "DEMO_BACKBONE",
+    "MultiTaskModel",
+    "Predictor",
     "BackboneError",
     "BiasConfig",
     "CheckpointError",
