@@ -91,8 +91,31 @@ def test_tasks_from_run_folders_and_what_is_refused(images: torch.Tensor, tmp_pa
     other = make_tiny_vit()
     with pytest.raises(e2vpt.CheckpointError, match="backbone given differs"):
         MultiTaskModel(other, {"vpt": tmp_path / "vpt"})
-    swin = make_tiny_swin()
-    with pytest.raises(e2vpt.ConfigError, match="batches tasks on a ViT"):
-        MultiTaskModel(swin, {"s": e2vpt.wrap(swin, e2vpt.LinearConfig(), 3)})
+    pooled = e2vpt.wrap(make_tiny_vit(), e2vpt.LinearConfig(), 3, global_pool="avg")
+    with pytest.raises(e2vpt.ConfigError, match="pools by 'avg'.*pools by token"):
+        MultiTaskModel(pooled.backbone, {"avg": pooled})
     with pytest.raises(e2vpt.ConfigError, match="wraps another backbone object"):
         multi.add_task("x", e2vpt.wrap(make_tiny_vit(), e2vpt.LinearConfig(), 3))
+
+
+def test_swin_tasks_share_a_batch(images: torch.Tensor) -> None:
+    """Swin: prompts joined to every window, shallow ones dropped at the first patch
+    merging, key-value prompts in every window attention, each padded per sample."""
+    backbone = make_tiny_swin()
+    torch.manual_seed(1)
+    configs = {
+        "linear": (e2vpt.LinearConfig(), 3),
+        "shallow": (e2vpt.VPTConfig(tokens=2), 4),
+        "deep": (e2vpt.VPTConfig(tokens=4, deep=True), 5),
+        "e2vpt": (e2vpt.E2VPTConfig(visual_tokens=3, kv_tokens=2), 6),
+        "kv-only": (e2vpt.E2VPTConfig(visual_tokens=0, kv_tokens=3, shared_kv=False), 2),
+    }
+    models = {n: perturbed(e2vpt.wrap(backbone, c, k)) for n, (c, k) in configs.items()}
+    multi = MultiTaskModel(backbone, models)
+    names = list(models)
+    batch = images.repeat(3, 1, 1, 1)[: 2 * len(names)]
+    tasks = [names[(3 * i) % len(names)] for i in range(len(batch))]
+    got = multi(batch, tasks)
+    with torch.no_grad():
+        for i, (image, task) in enumerate(zip(batch, tasks, strict=True)):
+            torch.testing.assert_close(got[i], models[task](image[None])[0], rtol=0, atol=1e-5)

@@ -1,6 +1,7 @@
 """Many tasks, one frozen backbone, one batch: :class:`MultiTaskModel`.
 
-Every sample of a batch brings its own task's parts into one pass of the shared ViT:
+Every sample of a batch brings its own task's parts into one pass of the shared ViT or
+Swin:
 its visual prompts (tasks with fewer prompt tokens are padded, the padding masked out
 of attention), its key-value prompts (padded and masked the same way) and its own head
 with its own class count. A sample's logits equal its task's model alone (tested).
@@ -8,7 +9,8 @@ with its own class count. A sample's logits equal its task's model alone (tested
 Tasks whose method keeps the backbone as it is and whose parts are per sample can
 share the pass: linear, mlp, sidetune, VPT shallow and deep, E²VPT (pruned or not).
 A method that changes backbone weights or modules (full, bias, partial, adapter, LoRA,
-peft) cannot: its samples would need a backbone of their own."""
+peft) cannot: its samples would need a backbone of their own. ViT tasks share the
+pass with class-token pooling, Swin tasks with their average pooling."""
 
 from __future__ import annotations
 
@@ -25,12 +27,15 @@ from torch import nn
 
 from e2vpt.checkpoint import load, read_config
 from e2vpt.errors import ConfigError
+from e2vpt.families.swin import PromptedSwin
 from e2vpt.families.vit import PromptedViT
+from e2vpt.layers.kv_attention import KVPrompts
+from e2vpt.layers.swin_prompts import prompted_block_forward
 from e2vpt.methods.base import get_method
 from e2vpt.model import PromptedModel
 
-# the pooling a shared pass computes once for every task
-SHARED_POOLS = ("token",)
+# the pooling a shared pass computes once for every task, per family
+SHARED_POOLS = {"vit": ("token",), "swin": ("avg",)}
 
 
 class MultiTaskModel(nn.Module):
@@ -67,15 +72,16 @@ class MultiTaskModel(nn.Module):
             self._check_method(name, method)
             model = load(folder, backbone=self.backbone)
         self._check_method(name, model.method_name)
-        if not isinstance(model, PromptedViT):
+        if not isinstance(model, (PromptedViT, PromptedSwin)):
             raise ConfigError(
-                f"task {name!r}: MultiTaskModel batches tasks on a ViT; a {model.family} "
-                "model runs on its own (e2vpt.load)"
+                f"task {name!r}: MultiTaskModel batches tasks on a ViT or Swin; a "
+                f"{model.family} model runs on its own (e2vpt.load)"
             )
-        if model.global_pool not in SHARED_POOLS:
+        if model.global_pool not in SHARED_POOLS[model.family]:
             raise ConfigError(
-                f"task {name!r} pools by {model.global_pool!r}; a shared batch pools by the "
-                "class token: run this task on its own model"
+                f"task {name!r} pools by {model.global_pool!r}; a shared {model.family} batch "
+                f"pools by {' or '.join(SHARED_POOLS[model.family])}: run this task on its "
+                "own model"
             )
         self.tasks[name] = model.eval()
 
@@ -111,7 +117,10 @@ class MultiTaskModel(nn.Module):
                 f"{', '.join(self.tasks) or 'no tasks'} (add_task adds one)"
             )
         groups = {t: [i for i, s in enumerate(tasks) if s == t] for t in dict.fromkeys(tasks)}
-        features = self._shared_pass(images, groups)
+        if isinstance(self.tasks[tasks[0]], PromptedSwin):
+            features = self._swin_pass(images, groups)
+        else:
+            features = self._shared_pass(images, groups)
         out: list[torch.Tensor] = [torch.empty(0)] * len(tasks)
         for name, rows in groups.items():
             model = self.tasks[name]
@@ -158,9 +167,100 @@ class MultiTaskModel(nn.Module):
                     )
             extra = None
             if kv_slots:
-                extra = _kv_batch(block.attn, models, groups, layer, kv_slots, batch, x)
+                of = {t: _kv_at(models[t], layer) for t in groups}
+                attn = block.attn
+                extra = _kv_rows(of, groups, kv_slots, attn.num_heads, attn.head_dim, x)
             x = _block(block, x, extra, mask)
         return bb.norm(x)[:, 0]
+
+    def _swin_pass(self, images: torch.Tensor, groups: dict[str, list[int]]) -> torch.Tensor:
+        """Swin: each sample's prompts joined to its windows, padded and masked; pooled
+        as each task's model pools (the mean over its prompts and the last grid)."""
+        bb = self.backbone
+        batch = images.shape[0]
+        models = {t: self.tasks[t] for t in groups}
+        x = bb.patch_embed(images)
+        carried = x.new_zeros(batch, 0, x.shape[-1])
+        counts = dict.fromkeys(groups, 0)
+        for s, stage in enumerate(bb.layers):
+            x = stage.downsample(x)
+            if s > 0:  # a new width: no prompt carries over
+                carried, counts = x.new_zeros(batch, 0, x.shape[-1]), dict.fromkeys(groups, 0)
+            for b, block in enumerate(stage.blocks):
+                fresh = {}
+                for t, rows in groups.items():
+                    prompts = models[t].stage_prompts
+                    new = None if prompts is None else prompts.at(s, b, len(rows))
+                    if new is not None:
+                        fresh[t], counts[t] = new.to(x.dtype), new.shape[1]
+                slots = max(counts.values())
+                prompts = x.new_zeros(batch, slots, x.shape[-1])
+                prompts[:, : carried.shape[1]] = carried[:, :slots]
+                for t, new in fresh.items():
+                    prompts[groups[t]] = F.pad(new, (0, 0, 0, slots - new.shape[1]))
+                kv_counts = {t: _kv_tokens(_kv_at(models[t], s, b)) for t in groups}
+                kv_slots = max(kv_counts.values())
+                if slots == 0 and kv_slots == 0:
+                    x = block(x)
+                    continue
+                valid = torch.ones(batch, slots + kv_slots, dtype=torch.bool, device=x.device)
+                kv = None
+                if kv_slots:
+                    attn = block.attn
+                    head_dim = attn.qkv.out_features // 3 // attn.num_heads
+                    of = {t: _kv_at(models[t], s, b) for t in groups}
+                    kv = _kv_rows(of, groups, kv_slots, attn.num_heads, head_dim, x)
+                for t, rows in groups.items():
+                    valid[rows, counts[t] : slots] = False
+                    valid[rows, slots + kv_counts[t] :] = False
+                x, carried = prompted_block_forward(block, x, prompts, kv, valid)
+        grid = bb.norm(x).flatten(1, 2)
+        total = grid.sum(dim=1)
+        size = torch.full((batch, 1), grid.shape[1], dtype=grid.dtype, device=grid.device)
+        if carried.shape[1]:
+            normed = bb.norm(carried)
+            keep = torch.zeros(batch, carried.shape[1], 1, dtype=grid.dtype, device=grid.device)
+            for t, rows in groups.items():
+                keep[rows, : counts[t]] = 1
+                size[rows] += counts[t]
+            total = total + (normed * keep).sum(dim=1)
+        return total / size
+
+
+def _kv_at(model: PromptedModel, *where: int) -> KVPrompts | None:
+    """The model's key-value prompts of block ``where`` (ViT: layer; Swin: stage, block)."""
+    kv = getattr(model, "kv_prompts", None)
+    for index in where:
+        if kv is None:
+            return None
+        kv = kv[index]
+    return kv
+
+
+def _kv_tokens(prompts: KVPrompts | None) -> int:
+    return 0 if prompts is None else int(prompts.tokens)
+
+
+def _kv_rows(
+    prompts_of: dict[str, KVPrompts | None],
+    groups: dict[str, list[int]],
+    slots: int,
+    heads: int,
+    head_dim: int,
+    x: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's key-value prompts for one attention, padded to ``slots``:
+    keys and values (B, heads, slots, head_dim)."""
+    keys = x.new_zeros(x.shape[0], heads, slots, head_dim)
+    values = torch.zeros_like(keys)
+    for t, rows in groups.items():
+        prompts = prompts_of[t]
+        if prompts is None:
+            continue
+        value = prompts.key_prompt if prompts.value_prompt is None else prompts.value_prompt
+        keys[rows, :, : prompts.tokens] = prompts.key_prompt.to(x.dtype)
+        values[rows, :, : prompts.tokens] = value.to(x.dtype)
+    return keys, values
 
 
 def _prompt_count(model: PromptedModel) -> int:
@@ -171,31 +271,7 @@ def _prompt_count(model: PromptedModel) -> int:
 
 
 def _kv_count(model: PromptedModel) -> int:
-    kv = getattr(model, "kv_prompts", None)
-    return 0 if kv is None else int(kv[0].tokens)
-
-
-def _kv_batch(
-    attn: Attention,
-    models: dict[str, PromptedModel],
-    groups: dict[str, list[int]],
-    layer: int,
-    slots: int,
-    batch: int,
-    x: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each sample's key-value prompts for this block, padded: (B, heads, slots, hd) ×2."""
-    shape = (batch, attn.num_heads, slots, attn.head_dim)
-    keys, values = x.new_zeros(shape), x.new_zeros(shape)
-    for t, rows in groups.items():
-        kv = getattr(models[t], "kv_prompts", None)
-        if kv is None:
-            continue
-        prompts = kv[layer]
-        value = prompts.key_prompt if prompts.value_prompt is None else prompts.value_prompt
-        keys[rows, :, : prompts.tokens] = prompts.key_prompt.to(x.dtype)
-        values[rows, :, : prompts.tokens] = value.to(x.dtype)
-    return keys, values
+    return _kv_tokens(_kv_at(model, 0))
 
 
 def _block(

@@ -33,24 +33,35 @@ def kv_prompts_for(attn: WindowAttention, tokens: int, shared: bool, init: str) 
     return KVPrompts(attn.num_heads, head_dim, tokens, shared, init)
 
 
+# per-sample key-value prompts: keys and values (batch, heads, tokens, head_dim), for
+# batches whose samples bring different prompts (e2vpt.multitask)
+SampleKV = tuple[torch.Tensor, torch.Tensor]
+
+
 def window_attention_with_prompts(
     attn: WindowAttention,
     x: torch.Tensor,
     mask: torch.Tensor | None,
     visual_tokens: int,
-    kv: KVPrompts | None,
+    kv: KVPrompts | SampleKV | None,
+    key_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """timm ``WindowAttention`` (its ``qkv``, bias table and ``proj``) over ``x``:
     (windows·B, visual_tokens + window_area, C), prompts first; ``mask``: timm's
-    (windows, area, area) shifted-window mask or None; ``kv``: appended keys/values."""
+    (windows, area, area) shifted-window mask or None; ``kv``: appended keys/values
+    (one set for all, or per window row); ``key_valid``: (windows·B, keys) false where
+    a key is padding."""
     B_, T, _ = x.shape
-    p, m = visual_tokens, (kv.tokens if kv is not None else 0)
+    p = visual_tokens
+    m = 0 if kv is None else (kv.tokens if isinstance(kv, KVPrompts) else kv[0].shape[2])
     if T - p != attn.window_area:
         raise ValueError(f"expected {p} prompts + {attn.window_area} window tokens, got {T}")
     qkv = attn.qkv(x).reshape(B_, T, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
-    if kv is not None:
+    if isinstance(kv, KVPrompts):
         k, v = kv.extend(k, v)
+    elif kv is not None:
+        k, v = torch.cat([k, kv[0].to(k.dtype)], dim=2), torch.cat([v, kv[1].to(v.dtype)], dim=2)
     # zero bias / no masking wherever a prompt is involved
     bias = F.pad(attn._get_rel_pos_bias(), (p, m, p, 0))  # (1, heads, T, T + m)
     if mask is not None:
@@ -60,6 +71,10 @@ def window_attention_with_prompts(
             B_ // windows, -1, -1, -1, -1
         )
         bias = bias.reshape(B_, attn.num_heads, T, T + m)
+    if key_valid is not None:
+        hidden = torch.zeros(key_valid.shape, dtype=bias.dtype, device=bias.device)
+        hidden = hidden.masked_fill(~key_valid, float("-inf"))[:, None, None, :]
+        bias = bias + hidden
     out = F.scaled_dot_product_attention(
         q,
         k,
@@ -73,10 +88,15 @@ def window_attention_with_prompts(
 
 
 def _attention_with_prompts(
-    block: SwinTransformerBlock, x: torch.Tensor, prompts: torch.Tensor, kv: KVPrompts | None
+    block: SwinTransformerBlock,
+    x: torch.Tensor,
+    prompts: torch.Tensor,
+    kv: KVPrompts | SampleKV | None,
+    prompt_valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """timm's ``SwinTransformerBlock._attn`` (shift, pad, partition, attend, merge) with
-    the prompts joined to every window; returns (grid output, prompt output)."""
+    the prompts joined to every window; returns (grid output, prompt output).
+    ``prompt_valid``: (B, prompts + kv tokens), false for a sample's padding."""
     B, H, W, C = x.shape
     p = prompts.shape[1]
     win_h, win_w = block.window_size
@@ -92,7 +112,14 @@ def _attention_with_prompts(
     num_windows = windows.shape[0] // B
     mask = block.get_attn_mask(x) if getattr(block, "dynamic_mask", False) else block.attn_mask
     joined = torch.cat([prompts.repeat_interleave(num_windows, dim=0), windows], dim=1)
-    out = window_attention_with_prompts(block.attn, joined, mask, p, kv)
+    if kv is not None and not isinstance(kv, KVPrompts):  # per sample → per window
+        kv = (kv[0].repeat_interleave(num_windows, 0), kv[1].repeat_interleave(num_windows, 0))
+    key_valid = None
+    if prompt_valid is not None:
+        grid_keys = prompt_valid.new_ones(B, block.window_area)
+        key_valid = torch.cat([prompt_valid[:, :p], grid_keys, prompt_valid[:, p:]], dim=1)
+        key_valid = key_valid.repeat_interleave(num_windows, dim=0)
+    out = window_attention_with_prompts(block.attn, joined, mask, p, kv, key_valid)
     prompt_out = out[:, :p].reshape(B, num_windows, p, C).mean(dim=1)
     grid = window_reverse(out[:, p:].reshape(-1, win_h, win_w, C), block.window_size, Hp, Wp)
     grid = grid[:, :H, :W, :]
@@ -105,14 +132,18 @@ def prompted_block_forward(
     block: SwinTransformerBlock,
     x: torch.Tensor,
     prompts: torch.Tensor,
-    kv: KVPrompts | None = None,
+    kv: KVPrompts | SampleKV | None = None,
+    prompt_valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One Swin block on the (B, H, W, C) grid and the (B, p, C) prompts (p may be 0),
-    with ``kv`` in its attention and the block's own norms, MLP and drop paths."""
+    with ``kv`` in its attention and the block's own norms, MLP and drop paths;
+    ``prompt_valid`` (B, p + kv tokens) marks each sample's padding (false)."""
     B, H, W, C = x.shape
     p = prompts.shape[1]
     normed = block.norm1(prompts)
-    grid_out, prompt_out = _attention_with_prompts(block, block.norm1(x), normed, kv)
+    grid_out, prompt_out = _attention_with_prompts(
+        block, block.norm1(x), normed, kv, prompt_valid
+    )
     x = x + block.drop_path1(grid_out)
     prompts = prompts + block.drop_path1(prompt_out)
     seq = torch.cat([prompts, x.reshape(B, H * W, C)], dim=1)
