@@ -170,7 +170,8 @@ class MultiTaskModel(nn.Module):
                 of = {t: _kv_at(models[t], layer) for t in groups}
                 attn = block.attn
                 extra = _kv_rows(of, groups, kv_slots, attn.num_heads, attn.head_dim, x)
-            x = _block(block, x, extra, mask)
+            last = layer == len(bb.blocks) - 1
+            x = _block(block, x, extra, mask, class_token_only=last)
         return bb.norm(x)[:, 0]
 
     def _swin_pass(self, images: torch.Tensor, groups: dict[str, list[int]]) -> torch.Tensor:
@@ -279,14 +280,18 @@ def _block(
     x: torch.Tensor,
     extra: tuple[torch.Tensor, torch.Tensor] | None,
     mask: torch.Tensor,
+    class_token_only: bool = False,
 ) -> torch.Tensor:
-    """timm's pre-norm ``Block`` with per-sample extra keys/values and a key mask."""
+    """timm's pre-norm ``Block`` with per-sample extra keys/values and a key mask;
+    ``class_token_only``: the class token's output alone (B, 1, D), all that class-token
+    pooling reads (keys and values still come from every token)."""
     if type(block) is not Block or not isinstance(block.attn, Attention):
         raise ConfigError(
             f"MultiTaskModel needs timm's standard Block and Attention; the backbone has "
             f"{type(block).__name__}"
         )
-    x = x + block.drop_path1(block.ls1(_attention(block.attn, block.norm1(x), extra, mask)))
+    attended = _attention(block.attn, block.norm1(x), extra, mask, class_token_only)
+    x = (x[:, :1] if class_token_only else x) + block.drop_path1(block.ls1(attended))
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
 
@@ -295,11 +300,14 @@ def _attention(
     x: torch.Tensor,
     extra: tuple[torch.Tensor, torch.Tensor] | None,
     mask: torch.Tensor,
+    class_token_only: bool = False,
 ) -> torch.Tensor:
     B, N, _ = x.shape
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
+    if class_token_only:
+        q, N = q[:, :, :1], 1
     if extra is not None:
         k, v = torch.cat([k, extra[0]], dim=2), torch.cat([v, extra[1]], dim=2)
     out = F.scaled_dot_product_attention(
