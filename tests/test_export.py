@@ -97,3 +97,19 @@ def test_export_command_checks_before_work(tmp_path: Path, capsys: pytest.Captur
     with torch.no_grad():
         expected = predictor.model(predictor.normalizer(images))
     torch.testing.assert_close(torch.from_numpy(logits), expected, rtol=0, atol=1e-4)
+
+
+def test_a_model_the_format_cannot_express_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import e2vpt.export as export
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Unsupported operator: aten::frobnicate\nlong trace …")
+
+    monkeypatch.setattr(export, "_write", refuse)
+    model = tiny_model("vit", "linear")
+    message = "onnx cannot express this linear model: Unsupported operator: aten::frobnicate"
+    with pytest.raises(e2vpt.errors.ExportError, match=f"{message}; try --format torchscript"):
+        export_model(deployable(model, MEAN, STD), 32, "onnx", tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []  # no file, not even a temp one
