@@ -64,6 +64,7 @@ INTERRUPTED = {
     "eval": "Nothing was written.",
     "predict": "The output file was not written (an existing one is untouched).",
     "export": "The output file was not written (an existing one is untouched).",
+    "serve": "The server stopped after the requests in flight.",
     "report": "Rerun the command to write the report.",
     "info": "Nothing was written.",
 }
@@ -424,6 +425,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="the backbone's weights file, when the path the run stored does not hold it here",
     )
 
+    srv = sub.add_parser(
+        "serve",
+        help="serve many tasks on one backbone over HTTP",
+        description="One frozen backbone and every --adapter task behind an HTTP API "
+        "(FastAPI + uvicorn; OpenAPI page at /docs). Requests for any of the tasks that "
+        "arrive within --max-wait-ms run as one batch.",
+    )
+    srv.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=RUN_DIR",
+        help="a task to serve (repeat the flag for more)",
+    )
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--max-batch-size", type=int, default=32)
+    srv.add_argument("--max-wait-ms", type=float, default=5.0)
+    srv.add_argument("--max-image-bytes", type=int, default=20 * 2**20)
+    srv.add_argument("--device", default="auto")
+
     evaluate = sub.add_parser("eval", help="evaluate a trained run folder")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data", help="task to evaluate on (default: the run's own)")
@@ -774,6 +796,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    adapters: dict[str, str] = {}
+    for item in args.adapter:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise ConfigError(f"--adapter {item!r}: write NAME=RUN_DIR, e.g. pets=runs/pets")
+        if name in adapters:
+            raise ConfigError(f"--adapter: task name {name!r} given twice")
+        adapters[name] = folder
+    try:
+        from e2vpt.serving import ServeSettings, serve
+    except ImportError:
+        raise ConfigError(
+            "e2vpt serve needs FastAPI and uvicorn: pip install 'e2vpt[serve]'"
+        ) from None
+    settings = ServeSettings(
+        adapters=adapters,
+        host=args.host,
+        port=args.port,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        device=args.device,
+        max_image_bytes=args.max_image_bytes,
+    )
+    settings.validate()
+    serve(settings)
+    return 0
+
+
 PREDICTION_FORMATS = (".csv", ".jsonl")
 
 
@@ -1009,6 +1060,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_predict(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "serve":
+            return cmd_serve(args)
         if args.command == "prune":
             return cmd_prune(args)
         if args.command == "info":

@@ -141,9 +141,7 @@ def prompted_block_forward(
     B, H, W, C = x.shape
     p = prompts.shape[1]
     normed = block.norm1(prompts)
-    grid_out, prompt_out = _attention_with_prompts(
-        block, block.norm1(x), normed, kv, prompt_valid
-    )
+    grid_out, prompt_out = _attention_with_prompts(block, block.norm1(x), normed, kv, prompt_valid)
     x = x + block.drop_path1(grid_out)
     prompts = prompts + block.drop_path1(prompt_out)
     seq = torch.cat([prompts, x.reshape(B, H * W, C)], dim=1)

@@ -1,0 +1,251 @@
+"""``e2vpt serve``: one backbone, many tasks, over HTTP (FastAPI + uvicorn).
+
+Requests for any task that arrive within ``max_wait_ms`` of each other run as one
+:class:`~e2vpt.multitask.MultiTaskModel` batch (up to ``max_batch_size`` images): a
+batching loop of our own on the server's event loop, the model in a worker thread.
+Bad input is a 4xx JSON error naming the problem; the server keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections import Counter
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from PIL import Image, UnidentifiedImageError
+
+from e2vpt.backbones import create_backbone
+from e2vpt.checkpoint import read_config
+from e2vpt.data.core import resize_image
+from e2vpt.errors import ConfigError
+from e2vpt.multitask import MultiTaskModel
+from e2vpt.training.trainer import model_data_settings, resolve_device
+
+IMAGE_TYPES = ("image/", "application/octet-stream")
+
+
+@dataclass
+class ServeSettings:
+    adapters: dict[str, str]  # task name → run folder
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    device: str = "auto"
+    max_image_bytes: int = 20 * 2**20
+
+    def validate(self) -> None:
+        if not self.adapters:
+            raise ConfigError("give at least one task: --adapter NAME=RUN_DIR")
+        if self.max_batch_size < 1 or self.max_wait_ms < 0 or self.max_image_bytes < 1:
+            raise ConfigError(
+                "--max-batch-size and --max-image-bytes must be >= 1 and --max-wait-ms >= 0"
+            )
+        backbones = {}
+        for name, folder in self.adapters.items():
+            if not Path(folder, "adapter.json").is_file():
+                raise ConfigError(f"--adapter {name}={folder}: no e2vpt run folder there")
+            backbones[name] = read_config(folder)["backbone"]
+        if len(set(backbones.values())) > 1:
+            raise ConfigError(
+                f"the tasks were trained on different backbones ({backbones}); one server "
+                "serves one backbone: start one server per backbone"
+            )
+
+
+@dataclass
+class _Request:
+    task: str
+    image: torch.Tensor  # normalised (3, S, S)
+    top_k: int
+    future: asyncio.Future[dict[str, Any]]
+
+
+@dataclass
+class Stats:
+    """What /metrics reports."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    errors: Counter[int] = field(default_factory=Counter)
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class TaskServer:
+    """The model and the batching loop behind the HTTP routes."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        settings.validate()
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        first = next(iter(settings.adapters.values()))
+        backbone = create_backbone(read_config(first)["backbone"]).to(self.device)
+        self.model = MultiTaskModel(backbone)
+        self.normalizers: dict[str, Any] = {}
+        for name, folder in settings.adapters.items():
+            self.add_task(name, folder)
+        self.stats = Stats()
+        self.queue: asyncio.Queue[_Request] | None = None
+
+    def add_task(self, name: str, folder: str) -> None:
+        self.model.add_task(name, folder)
+        task = self.model.tasks[name].to(self.device)
+        self.image_size, normalizer = model_data_settings(task)
+        self.normalizers[name] = normalizer.to(self.device)
+
+    def describe(self) -> list[dict[str, Any]]:
+        out = []
+        for name, task in self.model.tasks.items():
+            tunable = sum(p.numel() for p in task.parameters() if p.requires_grad)
+            classes = task.class_names or [f"class_{i}" for i in range(task.num_classes)]
+            out.append(
+                {"name": name, "method": task.method_name, "classes": classes, "tunable": tunable}
+            )
+        return out
+
+    def decode(self, task: str, blob: bytes) -> torch.Tensor:
+        with Image.open(io.BytesIO(blob)) as image:
+            array = resize_image(image, self.image_size)
+        x = torch.from_numpy(np.array(array)).permute(2, 0, 1)[None].to(self.device)
+        return self.normalizers[task](x)[0]
+
+    async def predict(self, task: str, image: torch.Tensor, top_k: int) -> dict[str, Any]:
+        assert self.queue is not None
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Request(task, image, top_k, future))
+        return await future
+
+    async def batching_loop(self) -> None:
+        assert self.queue is not None
+        wait = self.settings.max_wait_ms / 1000
+        while True:
+            batch = [await self.queue.get()]
+            deadline = time.perf_counter() + wait
+            while len(batch) < self.settings.max_batch_size:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), left))
+                except TimeoutError:
+                    break
+            self.stats.batch_sizes.append(len(batch))
+            try:
+                answers = await asyncio.to_thread(self._run, batch)
+            except Exception as err:  # a model failure answers these requests with 500
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(err)
+                continue
+            for request, answer in zip(batch, answers, strict=True):
+                if not request.future.done():
+                    request.future.set_result(answer)
+
+    def _run(self, batch: list[_Request]) -> list[dict[str, Any]]:
+        images = torch.stack([r.image for r in batch])
+        with torch.inference_mode():
+            logits = self.model(images, [r.task for r in batch])
+        answers = []
+        for request, row in zip(batch, logits, strict=True):
+            task = self.model.tasks[request.task]
+            classes = task.class_names or [f"class_{i}" for i in range(task.num_classes)]
+            probs = row.float().softmax(-1)
+            top = probs.topk(min(request.top_k, probs.numel()))
+            answers.append(
+                {
+                    "task": request.task,
+                    "classes": [classes[i] for i in top.indices.tolist()],
+                    "probabilities": [round(p, 6) for p in top.values.tolist()],
+                }
+            )
+        return answers
+
+
+def build_app(server: TaskServer) -> FastAPI:
+    """The FastAPI application (its OpenAPI page at /docs)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        server.queue = asyncio.Queue()
+        loop = asyncio.create_task(server.batching_loop())
+        yield
+        loop.cancel()
+
+    app = FastAPI(title="e2vpt serve", lifespan=lifespan)
+
+    def error(status: int, message: str) -> JSONResponse:
+        server.stats.errors[status] += 1
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "tasks": len(server.model.tasks)}
+
+    @app.get("/v1/tasks")
+    async def tasks() -> dict[str, Any]:
+        return {"tasks": server.describe()}
+
+    @app.post("/v1/tasks/{name}/predict", response_model=None)
+    async def predict(name: str, request: Request, top_k: int = 5) -> Any:
+        if name not in server.model.tasks:
+            return error(404, f"unknown task {name!r}; GET /v1/tasks lists them")
+        if top_k < 1:
+            return error(400, f"top_k must be >= 1, got {top_k}")
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("multipart/form-data"):
+            form = await request.form()
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                return error(400, "a multipart upload needs the image in a field named 'image'")
+            blob = await upload.read()
+        elif kind.startswith(IMAGE_TYPES) or not kind:
+            blob = await request.body()
+        else:
+            return error(415, f"content type {kind!r}: send an image (image/*) or multipart")
+        if len(blob) > server.settings.max_image_bytes:
+            return error(413, f"image of {len(blob)} bytes; the limit is "
+                         f"{server.settings.max_image_bytes} (--max-image-bytes)")  # fmt: skip
+        try:
+            image = server.decode(name, blob)
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            return error(400, f"not a readable image: {err}")
+        server.stats.requests[name] += 1
+        try:
+            return await server.predict(name, image, top_k)
+        except Exception as err:
+            raise HTTPException(500, f"the model failed on this request: {err}") from err
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> str:
+        stats = server.stats
+        lines = ["# TYPE e2vpt_requests_total counter"]
+        lines += [f'e2vpt_requests_total{{task="{t}"}} {n}' for t, n in stats.requests.items()]
+        lines.append("# TYPE e2vpt_errors_total counter")
+        lines += [f'e2vpt_errors_total{{status="{s}"}} {n}' for s, n in stats.errors.items()]
+        sizes = stats.batch_sizes
+        lines += [
+            "# TYPE e2vpt_batches_total counter",
+            f"e2vpt_batches_total {len(sizes)}",
+            "# TYPE e2vpt_batch_size_max gauge",
+            f"e2vpt_batch_size_max {max(sizes, default=0)}",
+            "# TYPE e2vpt_batched_images_total counter",
+            f"e2vpt_batched_images_total {sum(sizes)}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    return app
+
+
+def serve(settings: ServeSettings) -> None:
+    """Start the server (blocks until Ctrl-C; uvicorn drains in-flight requests)."""
+    import uvicorn
+
+    server = TaskServer(settings)
+    uvicorn.run(build_app(server), host=settings.host, port=settings.port, log_level="info")
