@@ -49,13 +49,24 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return out
 
 
+SERVERS: dict[str, TaskServer] = {}
+
+
 @pytest.fixture(scope="module")
 def url(runs: dict[str, str]) -> Iterator[str]:
     import uvicorn
 
-    settings = ServeSettings(adapters=runs, device="cpu", max_wait_ms=50, max_image_bytes=50_000)
+    settings = ServeSettings(
+        adapters=runs,
+        device="cpu",
+        max_wait_ms=50,
+        max_image_bytes=50_000,
+        adapters_dir=str(Path(runs["linear"]).parent),
+    )
     port = free_port()
-    config = uvicorn.Config(build_app(TaskServer(settings)), port=port, log_level="warning")
+    task_server = TaskServer(settings)
+    SERVERS["main"] = task_server
+    config = uvicorn.Config(build_app(task_server), port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -125,3 +136,44 @@ def test_bad_input_is_a_json_error_and_the_server_goes_on(
     reply = httpx.post(f"{url}{path}", **kwargs)
     assert reply.status_code == status and message in reply.json()["error"]
     assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_tasks_come_and_go_at_run_time(url: str, runs: dict[str, str]) -> None:
+    headers = {"content-type": "image/png"}
+    added = httpx.post(f"{url}/v1/tasks", json={"name": "vpt2", "run": "vpt"})
+    assert added.status_code == 200 and "vpt2" in added.json()["tasks"]
+    same = httpx.post(f"{url}/v1/tasks/vpt2/predict", content=png(1), headers=headers).json()
+    other = httpx.post(f"{url}/v1/tasks/vpt/predict", content=png(1), headers=headers).json()
+    assert same["classes"] == other["classes"]
+    for body, status, message in (
+        ({"name": "y", "run": "/etc"}, 403, "not a folder under"),
+        ({"name": "z", "run": "../../"}, 403, "not a folder under"),
+        ({"name": "w", "run": "missing"}, 400, "no e2vpt run folder"),
+        ({"name": "vpt", "run": "vpt"}, 409, "exists"),
+        ({"name": "v"}, 400, "send {"),
+    ):
+        reply = httpx.post(f"{url}/v1/tasks", json=body)
+        assert reply.status_code == status, reply.text
+        assert message in reply.json()["error"]
+    assert httpx.delete(f"{url}/v1/tasks/vpt2").status_code == 200
+    gone = httpx.post(f"{url}/v1/tasks/vpt2/predict", content=png(1), headers=headers)
+    assert gone.status_code == 404
+    again = httpx.post(f"{url}/v1/tasks/vpt/predict", content=png(1), headers=headers)
+    assert again.json() == other
+
+
+def test_a_model_failure_is_a_500_and_the_server_stays_up(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = SERVERS["main"]
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("simulated kernel failure")
+
+    monkeypatch.setattr(server, "_run_locked", broken)
+    headers = {"content-type": "image/png"}
+    reply = httpx.post(f"{url}/v1/tasks/linear/predict", content=png(2), headers=headers)
+    assert reply.status_code == 500 and "simulated kernel failure" in reply.text
+    monkeypatch.undo()
+    fine = httpx.post(f"{url}/v1/tasks/linear/predict", content=png(2), headers=headers)
+    assert fine.status_code == 200

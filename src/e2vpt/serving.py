@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
+import threading
 import time
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -25,11 +27,12 @@ from PIL import Image, UnidentifiedImageError
 from e2vpt.backbones import create_backbone
 from e2vpt.checkpoint import read_config
 from e2vpt.data.core import resize_image
-from e2vpt.errors import ConfigError
+from e2vpt.errors import ConfigError, E2VPTError
 from e2vpt.multitask import MultiTaskModel
 from e2vpt.training.trainer import model_data_settings, resolve_device
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
+logger = logging.getLogger("e2vpt.serve")
 
 
 @dataclass
@@ -41,10 +44,14 @@ class ServeSettings:
     max_wait_ms: float = 5.0
     device: str = "auto"
     max_image_bytes: int = 20 * 2**20
+    # the only folder POST /v1/tasks may load run folders from (None: no loading)
+    adapters_dir: str | None = None
 
     def validate(self) -> None:
         if not self.adapters:
             raise ConfigError("give at least one task: --adapter NAME=RUN_DIR")
+        if self.adapters_dir is not None and not Path(self.adapters_dir).is_dir():
+            raise ConfigError(f"--adapters-dir {self.adapters_dir} is not a folder")
         if self.max_batch_size < 1 or self.max_wait_ms < 0 or self.max_image_bytes < 1:
             raise ConfigError(
                 "--max-batch-size and --max-image-bytes must be >= 1 and --max-wait-ms >= 0"
@@ -59,6 +66,14 @@ class ServeSettings:
                 f"the tasks were trained on different backbones ({backbones}); one server "
                 "serves one backbone: start one server per backbone"
             )
+
+
+class NotAllowed(ConfigError):
+    """A run folder the server may not load (answered 403)."""
+
+
+class TaskGone(LookupError):
+    """The request's task was removed before its batch ran (answered 404)."""
 
 
 @dataclass
@@ -89,12 +104,38 @@ class TaskServer:
         backbone = create_backbone(read_config(first)["backbone"]).to(self.device)
         self.model = MultiTaskModel(backbone)
         self.normalizers: dict[str, Any] = {}
+        # held while a batch runs: tasks are added and removed between batches
+        self.model_lock = threading.Lock()
         for name, folder in settings.adapters.items():
             self.add_task(name, folder)
         self.stats = Stats()
         self.queue: asyncio.Queue[_Request] | None = None
 
     def add_task(self, name: str, folder: str) -> None:
+        with self.model_lock:
+            self._add_task(name, folder)
+
+    def remove_task(self, name: str) -> None:
+        with self.model_lock:
+            self.model.remove_task(name)
+            del self.normalizers[name]
+
+    def load_from_adapters_dir(self, name: str, run: str) -> None:
+        """``POST /v1/tasks``: a run folder under ``adapters_dir`` only, never a path a
+        client chose elsewhere."""
+        if self.settings.adapters_dir is None:
+            raise NotAllowed(
+                "this server loads no tasks at run time (start it with --adapters-dir)"
+            )
+        root = Path(self.settings.adapters_dir).resolve()
+        folder = (root / run).resolve()
+        if not folder.is_relative_to(root) or folder == root:
+            raise NotAllowed(f"run {run!r} is not a folder under the server's --adapters-dir")
+        if not (folder / "adapter.json").is_file():
+            raise ConfigError(f"no e2vpt run folder {run!r} under the server's --adapters-dir")
+        self.add_task(name, str(folder))
+
+    def _add_task(self, name: str, folder: str) -> None:
         self.model.add_task(name, folder)
         task = self.model.tasks[name].to(self.device)
         self.image_size, normalizer = model_data_settings(task)
@@ -145,27 +186,41 @@ class TaskServer:
                         request.future.set_exception(err)
                 continue
             for request, answer in zip(batch, answers, strict=True):
-                if not request.future.done():
+                if request.future.done():
+                    continue
+                if isinstance(answer, Exception):
+                    request.future.set_exception(answer)
+                else:
                     request.future.set_result(answer)
 
-    def _run(self, batch: list[_Request]) -> list[dict[str, Any]]:
-        images = torch.stack([r.image for r in batch])
-        with torch.inference_mode():
-            logits = self.model(images, [r.task for r in batch])
-        answers = []
-        for request, row in zip(batch, logits, strict=True):
+    def _run(self, batch: list[_Request]) -> list[dict[str, Any] | Exception]:
+        with self.model_lock:
+            return self._run_locked(batch)
+
+    def _run_locked(self, batch: list[_Request]) -> list[dict[str, Any] | Exception]:
+        live = [r for r in batch if r.task in self.model.tasks]
+        gone: dict[int, Exception] = {
+            id(r): TaskGone(f"task {r.task!r} was removed while this request waited")
+            for r in batch
+            if r.task not in self.model.tasks
+        }
+        logits: list[torch.Tensor] = []
+        if live:
+            images = torch.stack([r.image for r in live])
+            with torch.inference_mode():
+                logits = self.model(images, [r.task for r in live])
+        answers: dict[int, dict[str, Any]] = {}
+        for request, row in zip(live, logits, strict=True):
             task = self.model.tasks[request.task]
             classes = task.class_names or [f"class_{i}" for i in range(task.num_classes)]
             probs = row.float().softmax(-1)
             top = probs.topk(min(request.top_k, probs.numel()))
-            answers.append(
-                {
-                    "task": request.task,
-                    "classes": [classes[i] for i in top.indices.tolist()],
-                    "probabilities": [round(p, 6) for p in top.values.tolist()],
-                }
-            )
-        return answers
+            answers[id(request)] = {
+                "task": request.task,
+                "classes": [classes[i] for i in top.indices.tolist()],
+                "probabilities": [round(p, 6) for p in top.values.tolist()],
+            }
+        return [answers.get(id(r)) or gone[id(r)] for r in batch]
 
 
 def build_app(server: TaskServer) -> FastAPI:
@@ -219,8 +274,32 @@ def build_app(server: TaskServer) -> FastAPI:
         server.stats.requests[name] += 1
         try:
             return await server.predict(name, image, top_k)
+        except TaskGone as err:
+            return error(404, str(err))
         except Exception as err:
+            server.stats.errors[500] += 1
+            logger.exception("request for task %s failed", name)
             raise HTTPException(500, f"the model failed on this request: {err}") from err
+
+    @app.post("/v1/tasks", response_model=None)
+    async def add(body: dict[str, str]) -> Any:
+        name, run = body.get("name"), body.get("run")
+        if not name or not run:
+            return error(400, 'send {"name": ..., "run": <run folder under --adapters-dir>}')
+        if name in server.model.tasks:
+            return error(409, f"task {name!r} exists; DELETE /v1/tasks/{name} first")
+        try:
+            await asyncio.to_thread(server.load_from_adapters_dir, name, run)
+        except E2VPTError as err:
+            return error(403 if isinstance(err, NotAllowed) else 400, str(err))
+        return {"added": name, "tasks": server.model.task_names}
+
+    @app.delete("/v1/tasks/{name}", response_model=None)
+    async def remove(name: str) -> Any:
+        if name not in server.model.tasks:
+            return error(404, f"unknown task {name!r}; GET /v1/tasks lists them")
+        await asyncio.to_thread(server.remove_task, name)
+        return {"removed": name, "tasks": server.model.task_names}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> str:

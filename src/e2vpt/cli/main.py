@@ -445,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-wait-ms", type=float, default=5.0)
     srv.add_argument("--max-image-bytes", type=int, default=20 * 2**20)
     srv.add_argument("--device", default="auto")
+    srv.add_argument(
+        "--adapters-dir",
+        help="the only folder POST /v1/tasks may load run folders from (default: none)",
+    )
 
     evaluate = sub.add_parser("eval", help="evaluate a trained run folder")
     evaluate.add_argument("run_dir", type=Path)
@@ -819,6 +823,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         device=args.device,
         max_image_bytes=args.max_image_bytes,
+        adapters_dir=args.adapters_dir,
     )
     settings.validate()
     serve(settings)
