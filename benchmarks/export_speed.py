@@ -24,8 +24,8 @@ import torch
 
 import e2vpt
 from e2vpt.export import deployable, export_model
+from e2vpt.inference import model_data_settings
 from e2vpt.reporting import format_table
-from e2vpt.training.trainer import model_data_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BACKBONES = {"demo": "demo_vit_cifar10", "vit-b16": "vit_base_patch16_224"}

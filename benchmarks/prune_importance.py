@@ -33,10 +33,11 @@ from typing import Any
 import torch
 
 from e2vpt.checkpoint import load
+from e2vpt.inference import model_data_settings, top1
 from e2vpt.pruning import apply_plan, importance_scores, make_plan
 from e2vpt.reporting import format_table, write_csv, write_json
 from e2vpt.training.config import TrainConfig
-from e2vpt.training.trainer import load_task_for, model_data_settings, top1, train
+from e2vpt.training.trainer import load_task_for, train
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = ["dtd10", "fashion_mnist", "orientation", "count"]

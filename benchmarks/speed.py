@@ -74,9 +74,9 @@ def build_row(spec: dict[str, Any]) -> tuple[Callable[[], None] | None, Callable
     import timm
 
     import e2vpt
+    from e2vpt.inference import autocast
     from e2vpt.training.config import TrainConfig
     from e2vpt.training.optim import build_optimizer
-    from e2vpt.training.trainer import autocast
 
     torch.manual_seed(0)
     device = torch.device(spec["device"])

@@ -22,9 +22,9 @@ from e2vpt.data import IMAGE_EXTENSIONS
 from e2vpt.data.core import read_image, resize_image
 from e2vpt.data.fgvc import fgvc_store_size
 from e2vpt.errors import DataError
+from e2vpt.inference import autocast, model_data_settings, resolve_device
 from e2vpt.run_folder import require_complete
 from e2vpt.training.config import TrainConfig
-from e2vpt.training.trainer import autocast, model_data_settings, resolve_device
 
 # how a run's evaluation resized images, by the prefix of its data spec
 RESIZE_PLAIN, RESIZE_FGVC = "resize", "fgvc"

@@ -28,8 +28,8 @@ from e2vpt.backbones import create_backbone
 from e2vpt.checkpoint import read_config
 from e2vpt.data.core import resize_image
 from e2vpt.errors import ConfigError, E2VPTError
+from e2vpt.inference import model_data_settings, resolve_device
 from e2vpt.multitask import MultiTaskModel
-from e2vpt.training.trainer import model_data_settings, resolve_device
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
 logger = logging.getLogger("e2vpt.serve")

@@ -211,7 +211,7 @@ def test_fgvc_train_crops_reach_the_whole_long_side(tmp_path: Path) -> None:
 
 def test_fgvc_eval_is_resize_shorter_side_then_centre_crop(tmp_path: Path) -> None:
     from e2vpt.data.core import read_image
-    from e2vpt.training.trainer import Normalizer
+    from e2vpt.inference import Normalizer
 
     folder = tmp_path / "StanfordCars"
     files = write_fgvc_shapes(folder)

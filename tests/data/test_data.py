@@ -70,7 +70,7 @@ def test_image_folder_errors_name_the_problem(tmp_path: Path) -> None:
 
 def test_random_crop_flip_takes_input_sized_windows_and_eval_takes_the_centre() -> None:
     from e2vpt.data.augment import random_crop_flip
-    from e2vpt.training.trainer import Normalizer
+    from e2vpt.inference import Normalizer
 
     x = torch.arange(2 * 5 * 5, dtype=torch.uint8).view(2, 1, 5, 5)
     out = random_crop_flip(x, torch.Generator().manual_seed(0), 3)

@@ -711,7 +711,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from e2vpt.training.trainer import model_data_settings, resolve_device, top1
+    from e2vpt.inference import model_data_settings, resolve_device, top1
 
     require_complete(args.run_dir, "evaluate")
     meta = read_config(args.run_dir)
@@ -763,7 +763,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from e2vpt.export import EXPORT_FORMATS, check_output, deployable, export_model, parse_batch
-    from e2vpt.training.trainer import model_data_settings
+    from e2vpt.inference import model_data_settings
 
     if args.format not in EXPORT_FORMATS:
         raise ConfigError(
@@ -825,8 +825,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_image_bytes=args.max_image_bytes,
         adapters_dir=args.adapters_dir,
     )
-    settings.validate()
-    serve(settings)
+    serve(settings)  # validates the settings before loading anything
     return 0
 
 

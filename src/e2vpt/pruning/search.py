@@ -26,6 +26,7 @@ from e2vpt.checkpoint import (
     read_config,
 )
 from e2vpt.data import Task
+from e2vpt.inference import model_data_settings, resolve_device
 from e2vpt.layers.prompts import PRUNE_MODES
 from e2vpt.methods.base import ConfigError, method_config
 from e2vpt.pruning.importance import (
@@ -46,13 +47,7 @@ from e2vpt.recipes import PRUNE_CHOICES, check_recipe, resolve_choice
 from e2vpt.reporting import format_table, write_csv, write_json
 from e2vpt.run_folder import COMPLETE_FILE, IMPORTANCE_FILE, POINT_FILE, require_complete
 from e2vpt.training.config import TrainConfig
-from e2vpt.training.trainer import (
-    load_task_for,
-    model_data_settings,
-    resolve_device,
-    seed_everything,
-    train,
-)
+from e2vpt.training.trainer import load_task_for, seed_everything, train
 
 REPORT_NAME = "pruning_report"
 

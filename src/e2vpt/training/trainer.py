@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
 import json
@@ -11,7 +10,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,18 @@ from tqdm.auto import tqdm
 from e2vpt.accounting import count_parameters
 from e2vpt.backbones import check_weights_file, create_backbone
 from e2vpt.checkpoint import save
-from e2vpt.data import Split, Task, check_task_spec, load_task
+from e2vpt.data import Task, check_task_spec, load_task
 from e2vpt.data.augment import augment_batch
 from e2vpt.errors import ConfigError, DivergedError, Interrupted
 from e2vpt.files import atomic_write_text, check_writable
+from e2vpt.inference import (
+    InputNorm,
+    autocast,
+    batches,
+    data_settings,
+    predict,
+    resolve_device,
+)
 from e2vpt.model import PromptedModel
 from e2vpt.reporting import format_table, write_csv, write_json
 from e2vpt.run_folder import (
@@ -43,7 +50,7 @@ from e2vpt.run_folder import (
     inspect_folder,
     mark_complete,
 )
-from e2vpt.training.config import TrainConfig, parse_device
+from e2vpt.training.config import TrainConfig
 from e2vpt.training.distributed import Distributed
 from e2vpt.training.optim import build_optimizer, build_scheduler
 from e2vpt.training.resume import capture, read_state, restore, write_state
@@ -126,64 +133,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
-    """The device a run uses; one that does not exist here is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = parse_device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"--device {name}: CUDA is not available on this machine; use --device cpu "
-                "(or auto)"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
-                f"device(s), cuda:0 … cuda:{torch.cuda.device_count() - 1}"
-            )
-    return device
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-class Normalizer(nn.Module):
-    """uint8 images → float, scaled with the backbone's own mean/std. Images stored larger
-    than the input (FGVC keeps 256/224 of it for random crops) are centre-cropped."""
-
-    def __init__(
-        self, mean: tuple[float, ...], std: tuple[float, ...], image_size: int | None = None
-    ) -> None:
-        super().__init__()
-        self.image_size = image_size
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = self.image_size
-        if size is not None and (x.shape[-1] > size or x.shape[-2] > size):
-            top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-            x = x[..., top : top + size, left : left + size]
-        return (x.float() - self.mean) / self.std
-
-
-InputNorm = tuple[tuple[float, ...], tuple[float, ...]]
-
-
-def data_settings(backbone: nn.Module, norm: InputNorm | None = None) -> tuple[int, Normalizer]:
-    """The backbone's input size and a normaliser: with ``norm`` (mean, std), or the
-    backbone's own statistics."""
-    cfg = resolve_data_config({}, model=backbone)
-    size = int(cfg["input_size"][-1])
-    mean, std = norm if norm is not None else (tuple(cfg["mean"]), tuple(cfg["std"]))
-    return size, Normalizer(tuple(mean), tuple(std), size)
-
-
 def input_norm(normalize: str, backbone: nn.Module, task: Task) -> InputNorm:
     """(mean, std) for a run: ``imagenet``, ``backbone`` (its pretrained statistics) or
     ``task`` (the task's protocol: ImageNet for VTAB-1k and FGVC, else the backbone's)."""
@@ -193,51 +142,6 @@ def input_norm(normalize: str, backbone: nn.Module, task: Task) -> InputNorm:
         return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
     cfg = resolve_data_config({}, model=backbone)
     return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
-
-
-def model_data_settings(model: PromptedModel) -> tuple[int, Normalizer]:
-    """Input size and normaliser a trained model expects: the statistics it was trained
-    with (stored in its checkpoint), else its backbone's own (runs saved before e2vpt
-    recorded them trained with those)."""
-    return data_settings(model.backbone, model.input_norm)
-
-
-def batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
-        yield order[start : start + batch_size]
-
-
-@torch.no_grad()
-def predict(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    inputs: torch.Tensor,
-    device: torch.device,
-    precision: str,
-    batch_size: int = 256,
-    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    outs = []
-    for idx in batches(len(inputs), batch_size, None):
-        x = inputs[idx].to(device, non_blocking=True)
-        if prepare is not None:
-            x = prepare(x)
-        with autocast(device, precision):
-            outs.append(forward(x).float())
-    return torch.cat(outs)
-
-
-def top1(
-    model: PromptedModel,
-    split: Split,
-    normalizer: Normalizer,
-    device: torch.device,
-    precision: str,
-    batch_size: int = 256,
-) -> float:
-    model.eval()
-    logits = predict(model, split.images, device, precision, batch_size, normalizer)
-    return (logits.argmax(-1).cpu() == split.labels).float().mean().item()
 
 
 class _HeadOnFeatures(nn.Module):
