@@ -196,11 +196,12 @@ def load(
         raise CheckpointError(f"{CONFIG_FILE} in {directory} is invalid: {err}") from err
     model = wrap(
         backbone,
-        config,
+        config.for_restore(),
         saved_classes,
         backbone_name=meta["backbone"],
         global_pool=meta.get("global_pool"),
     )
+    model.method_config = config
     tensors = {model.rename_legacy(name): value for name, value in tensors.items()}
     sparse = SPARSE_PREFIX + "kept_tokens" in tensors
     if sparse:

@@ -188,6 +188,71 @@ def test_sidetune_blends_a_side_network_with_the_frozen_features(images) -> None
         SidetuneConfig(blend_init=1.0).validate()
 
 
+def test_sidetune_side_network_from_timm_with_weights_read_only_at_the_start(
+    images, tmp_path, capsys
+) -> None:
+    """A timm side network starts from a weights file (its classifier dropped, and said);
+    the checkpoint holds it, so loading never reads the file again."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(7)
+    donor = timm.create_model("test_resnet")
+    weights = tmp_path / "side.safetensors"
+    save_file({k: v.contiguous() for k, v in donor.state_dict().items()}, str(weights))
+    config = SidetuneConfig(side_network="test_resnet", side_weights=str(weights))
+    model = e2vpt.wrap(make_tiny_vit(), config, 5)
+    assert "no classifier; dropped fc.bias, fc.weight" in capsys.readouterr().err
+    network = model.side_branch.network
+    for name, tensor in network.state_dict().items():
+        torch.testing.assert_close(tensor, donor.state_dict()[name], rtol=0, atol=0)
+    side = sum(p.numel() for p in model.side_branch.parameters())
+    assert e2vpt.count_parameters(model).tunable == side + sum(
+        p.numel() for p in model.head.parameters()
+    )
+    model.eval()
+    with torch.no_grad():
+        expected = model(images)
+    e2vpt.save(model, tmp_path / "run")
+    weights.unlink()
+    loaded = e2vpt.load(tmp_path / "run", backbone=make_tiny_vit()).eval()
+    assert loaded.method_config.side_weights == str(weights)  # recorded, not re-read
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), expected, rtol=0, atol=0)
+    with pytest.raises(e2vpt.ConfigError, match="does not exist"):
+        e2vpt.wrap(make_tiny_vit(), config, 5)
+
+
+def test_sidetune_weights_must_fit_the_side_network(tmp_path) -> None:
+    built_in = SidetuneConfig(channels=8, conv_layers=2)
+    donor = e2vpt.wrap(make_tiny_vit(), built_in, 5).side_branch
+    good = tmp_path / "convs.pth"
+    torch.save(donor.convs.state_dict(), good)
+    started = e2vpt.wrap(
+        make_tiny_vit(), SidetuneConfig(channels=8, conv_layers=2, side_weights=str(good)), 5
+    ).side_branch
+    torch.testing.assert_close(started.convs[0].weight, donor.convs[0].weight, rtol=0, atol=0)
+    wider = SidetuneConfig(channels=16, conv_layers=2, side_weights=str(good))
+    with pytest.raises(e2vpt.ConfigError, match=r"does not fit side network 'convs'.*shape"):
+        e2vpt.wrap(make_tiny_vit(), wider, 5)
+    with pytest.raises(e2vpt.ConfigError, match="neither 'convs' nor a timm model"):
+        SidetuneConfig(side_network="no_such_net").validate()
+    with pytest.raises(e2vpt.ConfigError, match="needs a timm --side-network"):
+        SidetuneConfig(side_weights="pretrained").validate()
+
+
+def test_sidetune_side_weights_flag_is_checked_before_any_work(tmp_path, capsys) -> None:
+    from e2vpt.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", "--methods", "sidetune", "--side-weights", str(tmp_path / "none.pth")])
+    assert exit_info.value.code == 2
+    assert "side-network weights file" in capsys.readouterr().err
+    assert main(["info", "--backbone", "demo_vit_cifar10", "--methods", "sidetune",
+                 "--side-network", "test_resnet"]) == 0  # fmt: skip
+    assert "side_network=test_resnet" in capsys.readouterr().out
+
+
 def test_any_peft_tuner_from_its_config(images, tmp_path) -> None:
     """peft's LoRA through the generic method counts as the lora method; IA³'s scalings
     are one per output of qkv and one per input of the feed-forward fc2."""

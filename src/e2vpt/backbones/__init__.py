@@ -12,7 +12,7 @@ from torch import nn
 
 from e2vpt.backbones.demo import DEMO_BACKBONE, demo_vit_cifar10  # noqa: F401 (registers)
 from e2vpt.backbones.weight_files import BackboneError, load_weights_file, looks_like_mae
-from e2vpt.methods.base import ConfigError
+from e2vpt.errors import ConfigError
 
 ALIASES = {"demo-vit-cifar10": DEMO_BACKBONE, "demo": DEMO_BACKBONE}
 

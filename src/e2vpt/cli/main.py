@@ -1007,7 +1007,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             # meta device: no memory and no weights needed, even for ViT-H
             with torch.device("meta"):
                 backbone = create_backbone(name, pretrained=False)
-            model = wrap(backbone, config, args.num_classes)
+            model = wrap(backbone, config.for_restore(), args.num_classes)  # sizes only
             counts = count_parameters(model)
             described = config.describe_size()
             row = {"backbone": name} if len(names) > 1 else {}

@@ -69,6 +69,12 @@ class MethodConfig:
         (the contract tests build every registered method with them)."""
         return {}
 
+    def for_restore(self) -> MethodConfig:
+        """The config to rebuild a saved model with, before its tensors are loaded:
+        without the options that only say where a new run's starting weights come from
+        (a checkpoint or resumed run never needs those files again)."""
+        return self
+
     @property
     def method_name(self) -> str:
         """Registry name of this configuration (what adapter.json and the CLI use)."""

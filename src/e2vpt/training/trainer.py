@@ -380,13 +380,14 @@ def _train(
     }
 
     seed_everything(cfg.seed)
-    model = wrap(
+    model = wrap(  # a resumed run's tensors come from its state, not starting-weight files
         backbone,
-        method_cfg,
+        method_cfg if state is None else method_cfg.for_restore(),
         task.num_classes,
         global_pool=cfg.global_pool,
         head_init=cfg.resolved("head_init"),
     )
+    model.method_config = method_cfg
     model.input_norm = norm
     model.class_names = [str(c) for c in task.classes]
     if customize is not None:
