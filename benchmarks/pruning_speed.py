@@ -68,7 +68,8 @@ def variants(tokens: int, fraction: float) -> list[tuple[str, e2vpt.MethodConfig
 
 def tokens_per_block(model: e2vpt.PromptedViT, x: torch.Tensor) -> int:
     seen: list[int] = []
-    hook = model.backbone.blocks[0].register_forward_pre_hook(
+    # prompts enter through the family's block function, which calls the block's norm
+    hook = model.backbone.blocks[0].norm1.register_forward_pre_hook(
         lambda _m, args: seen.append(args[0].shape[1])
     )
     with torch.inference_mode():
