@@ -18,6 +18,13 @@ finished trials are skipped.
 
     uv run python benchmarks/mini_benchmark.py            # hours on 2 CPU cores
     uv run python benchmarks/mini_benchmark.py --report-only
+
+On a GPU (the GPU campaign): the papers' 100 epochs, a wider grid, another backbone's
+weights, several trials at once on one GPU (``--devices cuda cuda cuda``):
+
+    python benchmarks/mini_benchmark.py --epochs 100 --lr-factors 0.04 0.2 1 5 25 \
+        --weights campaign/pretrain/weights/demo_vit_cifar10.safetensors \
+        --devices cuda cuda cuda cuda --precision bf16 --name mini_benchmark_gpu
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ TASKS = {  # name → report group
     "orientation": "structured",
     "count": "structured",
 }
+REAL_TASKS = ("dtd10", "fashion_mnist", "mnist")
 
 
 def runs_at_defaults(method: str) -> bool:
@@ -68,11 +76,11 @@ BATCH = 64
 TEST_SIZE = 2000
 
 
-def lr_grid(method: str) -> list[float]:
-    """Three base lrs around the method's own default for its optimizer."""
+def lr_grid(method: str, factors: list[float] = LR_FACTORS) -> list[float]:
+    """Base lrs around the method's own default for its optimizer."""
     config = get_method(method).config_cls
     default = config.default_base_lr[config.optimizer]
-    return [float(f"{default * f:.3g}") for f in LR_FACTORS]
+    return [float(f"{default * f:.3g}") for f in factors]
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -117,10 +125,15 @@ def stratified(labels: np.ndarray, sizes: list[int], rng: np.random.Generator) -
     return out
 
 
-def prepare(source: Path, data_dir: Path) -> None:
+def prepare(source: Path, data_dir: Path, tasks: list[str] | None = None) -> None:
+    """Write the task folders of ``tasks`` (default: all) that ``data_dir`` lacks. The
+    real-image tasks draw their splits from one seeded generator in the order dtd10,
+    fashion_mnist, mnist: written together (or dtd10 alone first), they are the splits
+    of the committed tables."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    tasks = list(TASKS) if tasks is None else tasks
     rng = np.random.default_rng(0)
-    if not (data_dir / "dtd10").is_dir():
+    if "dtd10" in tasks and not (data_dir / "dtd10").is_dir():
         extract = data_dir / "_dtd10_src"
         with tarfile.open(source / "dtd10.tar.gz") as tar:
             tar.extractall(extract, filter="data")
@@ -137,7 +150,7 @@ def prepare(source: Path, data_dir: Path) -> None:
             },
         )
         shutil.rmtree(extract)
-    if not (data_dir / "fashion_mnist").is_dir():
+    if "fashion_mnist" in tasks and not (data_dir / "fashion_mnist").is_dir():
         fm = source / "fashion-mnist"
         x, y = (
             read_idx(fm / "train-images-idx3-ubyte.gz"),
@@ -157,7 +170,7 @@ def prepare(source: Path, data_dir: Path) -> None:
                 "test": (tx[test], ty[test]),
             },
         )
-    if not (data_dir / "mnist").is_dir():
+    if "mnist" in tasks and not (data_dir / "mnist").is_dir():
         mn = source / "mnist-test"  # only MNIST's t10k is here: carve all splits from it
         x, y = (
             read_idx(mn / "t10k-images-idx3-ubyte.gz"),
@@ -172,7 +185,7 @@ def prepare(source: Path, data_dir: Path) -> None:
             },
         )
     for task in ("position", "orientation", "count"):
-        if not (data_dir / task).is_dir():
+        if task in tasks and not (data_dir / task).is_dir():
             splits = {}
             for ours, theirs, size in (
                 ("train800", "train", 800),
@@ -196,35 +209,53 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--devices", nargs="+", help="one worker process per device (GPUs)")
+    parser.add_argument(
+        "--lr-factors",
+        type=float,
+        nargs="+",
+        default=LR_FACTORS,
+        help="the lr grid: these × each method's default base lr",
+    )
+    parser.add_argument("--backbone", default="demo_vit_cifar10")
+    parser.add_argument("--weights", help="a local weights file for --backbone")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--prepare-only", action="store_true", help="write the task folders")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--name", default="mini_benchmark", help="the results files' name")
     args = parser.parse_args()
 
     data_dir = args.out / "data"
     sweeps_dir = args.out / "sweeps"
+    # the generated tasks need no source
+    missing = [t for t in args.tasks if t in REAL_TASKS and not (data_dir / t).is_dir()]
     if not args.report_only:
-        if not args.source.is_dir():
+        if missing and not args.source.is_dir():
             print(
                 f"data source {args.source} not found (the project machines' "
                 "../shared/data; pass --source)",
                 file=sys.stderr,
             )
             return 2
-        prepare(args.source, data_dir)
+        prepare(args.source, data_dir, args.tasks)
+        if args.prepare_only:
+            return 0
         for task in args.tasks:
             for method in args.methods:
                 start = time.perf_counter()
                 cfg = TrainConfig(
                     method=method,
+                    backbone=args.backbone,
+                    weights=args.weights,
                     data=f"vtab:{data_dir / task}",
                     epochs=args.epochs,
                     batch_size=BATCH,
                     device=args.device,
-                    precision="fp32",  # the same numbers on CPU and GPU
+                    precision=args.precision,  # fp32 by default: the same on CPU and GPU
                     progress=True,
                 )
                 settings = SweepSettings(
-                    base_lrs=lr_grid(method),
+                    base_lrs=lr_grid(method, args.lr_factors),
                     weight_decays=[WEIGHT_DECAY],
                     seeds=args.seeds,
                     output_dir=str(sweeps_dir),
@@ -243,7 +274,7 @@ def main() -> int:
     from e2vpt.sweeps.report import build_report, write_report
 
     report = build_report(sweeps_dir, expected_tasks={t: TASKS[t] for t in args.tasks})
-    write_report(report, args.results, name="mini_benchmark")
+    write_report(report, args.results, name=args.name)
     print(report.markdown())
     return 0
 

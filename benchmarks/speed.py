@@ -43,7 +43,12 @@ ROWS: list[tuple[str, str | None, dict[str, Any]]] = [
     ("frozen forward", None, {}),
     ("floor", None, {}),
     ("linear", "linear", {}),
+    ("partial", "partial", {}),
+    ("mlp", "mlp", {}),
+    ("sidetune", "sidetune", {}),
     ("bias", "bias", {}),
+    ("adapter", "adapter", {}),
+    ("lora", "lora", {}),
     ("full", "full", {}),
     ("vpt-shallow", "vpt-shallow", {"tokens": 10}),
     ("vpt-deep", "vpt-deep", {"tokens": 10}),
@@ -333,6 +338,7 @@ def main() -> None:
         help="leave glibc malloc at its defaults (to see what the allocator setting does)",
     )
     parser.add_argument("--tag", default="", help="suffix of the results files' names")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where they go")
     parser.add_argument("--rows", nargs="+", help="measure only these rows (default: all)")
     parser.add_argument(
         "--infer-only", action="store_true", help="time inference only (no train steps, memory)"
@@ -429,11 +435,13 @@ def main() -> None:
     bar.close()
     text = "\n".join(markdown)
     print(text)
-    RESULTS.mkdir(exist_ok=True)
+    results_dir: Path = args.results_dir
+    results_dir.mkdir(parents=True, exist_ok=True)
     stem = f"speed_{args.device.split(':')[0]}_{'_'.join(args.backbones)}{args.tag}"
-    payload = {"machine": machine, "settings": vars(args), "rows": results}
-    write_json(RESULTS / f"{stem}.json", payload)
-    atomic_write_text(RESULTS / f"{stem}.md", text)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    payload = {"machine": machine, "settings": settings, "rows": results}
+    write_json(results_dir / f"{stem}.json", payload)
+    atomic_write_text(results_dir / f"{stem}.md", text)
 
 
 def describe_machine(device: str, steady_alloc: bool) -> str:
