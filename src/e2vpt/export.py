@@ -8,6 +8,7 @@ classes). Every export is checked before it is kept: the file is run on sample i
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 import warnings
@@ -107,6 +108,10 @@ def export_model(
     failed export or check leaves no file)."""
     check_output(output, fmt, overwrite)
     start = time.perf_counter()
+    if any(t.device.type != "cpu" for t in (*module.parameters(), *module.buffers())):
+        # the file runs anywhere; exported and checked from a CPU copy, the caller's
+        # model stays where it is
+        module = copy.deepcopy(module).cpu()
     sample = _images(batch or 2, image_size, seed=0)
     tmp = temp_path(output, suffix=f".tmp{EXPORT_FORMATS[fmt]}")
     try:

@@ -752,19 +752,20 @@ def test_onnx_export_of_a_model_trained_on_the_device(
     tmp_path: Path,
     exact_fp32: None,
 ) -> None:
-    """Export runs on the CPU (its check compares with PyTorch there); the file then
-    answers as the model does on the device, on the task's own images."""
+    """A model on the device exports as it is (from a CPU copy, leaving it on the
+    device); the file answers as the model does on the device, on the task's images."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     onnxruntime = pytest.importorskip("onnxruntime")
     from e2vpt.export import deployable, export_model
 
-    model = e2vpt.load(trained_vit.run_dir)
+    model = e2vpt.load(trained_vit.run_dir, map_location=gpu_device)
     assert model.input_norm is not None
     mean, std = model.input_norm
     out = tmp_path / "model.onnx"
     report = export_model(deployable(model, mean, std), 32, "onnx", out)
     assert report.max_abs_logit_error <= 1e-4 and out.is_file()
+    assert next(model.parameters()).device.type == gpu_device.type  # left where it was
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     pixels = task.split("test").images[:8].float()
     exported = torch.from_numpy(session.run(None, {"images": pixels.numpy()})[0])
