@@ -79,6 +79,19 @@ def url(runs: dict[str, str]) -> Iterator[str]:
     thread.join(timeout=10)
 
 
+def read_metrics(url: str) -> dict[tuple[str, tuple], float]:
+    """/metrics parsed as Prometheus text: (sample name, sorted labels) → value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reply = httpx.get(f"{url}/metrics")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(reply.text)
+        for sample in family.samples
+    }
+
+
 def png(seed: int) -> bytes:
     array = np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     buffer = io.BytesIO()
@@ -111,11 +124,16 @@ def test_answers_equal_predict_and_requests_batch_across_tasks(
         (expected,) = Predictor(runs[name], device="cpu", top_k=2).predict([path])
         assert answer["classes"] == expected.classes
         np.testing.assert_allclose(answer["probabilities"], expected.probabilities, atol=1e-5)
-    metrics = httpx.get(f"{url}/metrics").text
-    batch_max = int(
-        next(x for x in metrics.splitlines() if x.startswith("e2vpt_batch_size_max")).split()[1]
+    metrics = read_metrics(url)
+    # requests for different tasks ran in one batch
+    assert (
+        metrics[("e2vpt_batch_tasks_bucket", (("le", "1.0"),))]
+        < metrics[("e2vpt_batch_tasks_count", ())]
     )
-    assert batch_max > 1  # requests for different tasks ran in one batch
+    for name in runs:  # a latency histogram per task, one observation per request
+        assert metrics[("e2vpt_request_latency_seconds_count", (("task", name),))] >= 4
+        assert metrics[("e2vpt_requests_total", (("task", name),))] >= 4
+    assert metrics[("e2vpt_tasks", ())] == len(runs)
     multipart = httpx.post(f"{url}/v1/tasks/linear/predict", files={"image": ("a.png", png(0))})
     assert multipart.status_code == 200
 
@@ -177,3 +195,143 @@ def test_a_model_failure_is_a_500_and_the_server_stays_up(
     monkeypatch.undo()
     fine = httpx.post(f"{url}/v1/tasks/linear/predict", content=png(2), headers=headers)
     assert fine.status_code == 200
+
+
+def start_server(settings: ServeSettings) -> tuple[str, object, threading.Thread]:
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(build_app(TaskServer(settings)), port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+def test_per_task_batching_never_mixes_tasks(runs: dict[str, str]) -> None:
+    settings = ServeSettings(adapters=runs, device="cpu", max_wait_ms=50, batching="per-task")
+    url, server, thread = start_server(settings)
+    try:
+        jobs = [(name, seed) for seed in range(4) for name in runs]
+        headers = {"content-type": "image/png"}
+
+        def ask(job: tuple[str, int]) -> dict:
+            name, seed = job
+            return httpx.post(
+                f"{url}/v1/tasks/{name}/predict", content=png(seed), headers=headers
+            ).json()
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(ask, jobs))
+        assert [a["task"] for a in answers] == [name for name, _ in jobs]
+        metrics = read_metrics(url)
+        batches = metrics[("e2vpt_batch_tasks_count", ())]
+        assert metrics[("e2vpt_batch_tasks_bucket", (("le", "1.0"),))] == batches
+        assert metrics[("e2vpt_batch_size_sum", ())] == len(jobs) > batches  # still batched
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    with pytest.raises(e2vpt.ConfigError, match="--batching 'mixed'"):
+        ServeSettings(adapters=runs, batching="mixed").validate()
+
+
+def test_tasks_added_and_removed_under_load(runs: dict[str, str], tmp_path: Path) -> None:
+    """Requests keep flowing for one task while others come and go: its answers stay
+    right, a removed task's requests are 404 (never 500), an added one answers at once."""
+    root = Path(runs["linear"]).parent
+    settings = ServeSettings(
+        adapters={"steady": runs["e2vpt"], "leaving": runs["vpt"]},
+        device="cpu",
+        max_wait_ms=20,
+        adapters_dir=str(root),
+    )
+    url, server, thread = start_server(settings)
+    path = tmp_path / "x.png"
+    path.write_bytes(png(7))
+    (expected,) = Predictor(runs["e2vpt"], device="cpu", top_k=1).predict([path])
+    headers = {"content-type": "image/png"}
+    stop = threading.Event()
+    seen: dict[str, list[int]] = {"steady": [], "leaving": []}
+
+    def hammer(task: str) -> None:
+        with httpx.Client() as client:
+            while not stop.is_set():
+                reply = client.post(
+                    f"{url}/v1/tasks/{task}/predict?top_k=1", content=png(7), headers=headers
+                )
+                seen[task].append(reply.status_code)
+                if task == "steady":
+                    assert reply.json()["classes"] == expected.classes
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            running = [pool.submit(hammer, t) for t in ("steady", "steady", "leaving", "leaving")]
+            time.sleep(0.5)
+            assert (
+                httpx.post(f"{url}/v1/tasks", json={"name": "new", "run": "linear"}).status_code
+                == 200
+            )
+            added = httpx.post(f"{url}/v1/tasks/new/predict", content=png(7), headers=headers)
+            assert added.status_code == 200
+            assert httpx.delete(f"{url}/v1/tasks/leaving").status_code == 200
+            time.sleep(0.5)
+            stop.set()
+            for future in running:
+                future.result()
+    finally:
+        stop.set()
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert seen["steady"] and set(seen["steady"]) == {200}
+    assert 200 in seen["leaving"] and set(seen["leaving"]) <= {200, 404}
+    assert seen["leaving"][-1] == 404
+
+
+def test_shutdown_drains_requests_in_flight(runs: dict[str, str]) -> None:
+    """SIGTERM while requests wait in the batching window: they are still answered,
+    then the server exits cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    command = [
+        sys.executable, "-m", "e2vpt", "serve", "--adapter", f"linear={runs['linear']}",
+        "--port", str(port), "--device", "cpu", "--max-wait-ms", "1500",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        headers = {"content-type": "image/png"}
+        with ThreadPoolExecutor(3) as pool:
+            replies = [
+                pool.submit(
+                    httpx.post,
+                    f"{url}/v1/tasks/linear/predict",
+                    content=png(i),
+                    headers=headers,
+                    timeout=30,
+                )  # fmt: skip
+                for i in range(3)
+            ]
+            time.sleep(0.5)  # the requests sit in the 1.5 s batching window
+            proc.send_signal(signal.SIGTERM)
+            assert [r.result().status_code for r in replies] == [200, 200, 200]
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)

@@ -8,21 +8,29 @@ Bad input is a 4xx JSON error naming the problem; the server keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import logging
 import threading
 import time
-from collections import Counter
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from e2vpt.backbones import create_backbone
 from e2vpt.checkpoint import read_config
@@ -32,6 +40,7 @@ from e2vpt.inference import model_data_settings, resolve_device
 from e2vpt.multitask import MultiTaskModel
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
+BATCHING_MODES = ("across-tasks", "per-task")
 logger = logging.getLogger("e2vpt.serve")
 
 
@@ -46,12 +55,19 @@ class ServeSettings:
     max_image_bytes: int = 20 * 2**20
     # the only folder POST /v1/tasks may load run folders from (None: no loading)
     adapters_dir: str | None = None
+    # across-tasks: one batch mixes every task's requests; per-task: a batch holds one
+    # task's requests only (what a server without MultiTaskModel can do; for comparison)
+    batching: str = "across-tasks"
 
     def validate(self) -> None:
         if not self.adapters:
             raise ConfigError("give at least one task: --adapter NAME=RUN_DIR")
         if self.adapters_dir is not None and not Path(self.adapters_dir).is_dir():
             raise ConfigError(f"--adapters-dir {self.adapters_dir} is not a folder")
+        if self.batching not in BATCHING_MODES:
+            raise ConfigError(
+                f"--batching {self.batching!r}: choose one of {', '.join(BATCHING_MODES)}"
+            )
         if self.max_batch_size < 1 or self.max_wait_ms < 0 or self.max_image_bytes < 1:
             raise ConfigError(
                 "--max-batch-size and --max-image-bytes must be >= 1 and --max-wait-ms >= 0"
@@ -84,13 +100,44 @@ class _Request:
     future: asyncio.Future[dict[str, Any]]
 
 
-@dataclass
-class Stats:
-    """What /metrics reports."""
+def _buckets_up_to(limit: int) -> list[float]:
+    """1, 2, 4, … up to ``limit`` (and ``limit`` itself): batch-size histogram buckets."""
+    buckets = [float(2**i) for i in range(limit.bit_length()) if 2**i < limit]
+    return [*buckets, float(limit)]
 
-    requests: Counter[str] = field(default_factory=Counter)
-    errors: Counter[int] = field(default_factory=Counter)
-    batch_sizes: list[int] = field(default_factory=list)
+
+class Metrics:
+    """What /metrics reports, in the Prometheus text format (prometheus_client, one
+    registry per server, so servers in one process do not share counts)."""
+
+    def __init__(self, max_batch_size: int) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "e2vpt_requests", "Predict requests answered, per task", ["task"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.errors = Counter(
+            "e2vpt_errors", "Error answers, per HTTP status", ["status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "e2vpt_request_latency_seconds",
+            "Predict latency per task, from the request's arrival to its answer",
+            ["task"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "e2vpt_batch_size", "Images per model batch",
+            buckets=_buckets_up_to(max_batch_size), registry=self.registry,
+        )  # fmt: skip
+        self.batch_tasks = Histogram(
+            "e2vpt_batch_tasks", "Distinct tasks per model batch",
+            buckets=_buckets_up_to(max_batch_size), registry=self.registry,
+        )  # fmt: skip
+        self.tasks = Gauge("e2vpt_tasks", "Tasks being served", registry=self.registry)
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 class TaskServer:
@@ -106,9 +153,9 @@ class TaskServer:
         self.normalizers: dict[str, Any] = {}
         # held while a batch runs: tasks are added and removed between batches
         self.model_lock = threading.Lock()
+        self.metrics = Metrics(settings.max_batch_size)
         for name, folder in settings.adapters.items():
             self.add_task(name, folder)
-        self.stats = Stats()
         self.queue: asyncio.Queue[_Request] | None = None
 
     def add_task(self, name: str, folder: str) -> None:
@@ -119,6 +166,7 @@ class TaskServer:
         with self.model_lock:
             self.model.remove_task(name)
             del self.normalizers[name]
+            self.metrics.tasks.set(len(self.model.tasks))
 
     def load_from_adapters_dir(self, name: str, run: str) -> None:
         """``POST /v1/tasks``: a run folder under ``adapters_dir`` only, never a path a
@@ -140,6 +188,7 @@ class TaskServer:
         task = self.model.tasks[name].to(self.device)
         self.image_size, normalizer = model_data_settings(task)
         self.normalizers[name] = normalizer.to(self.device)
+        self.metrics.tasks.set(len(self.model.tasks))
 
     def describe(self) -> list[dict[str, Any]]:
         out = []
@@ -163,21 +212,42 @@ class TaskServer:
         await self.queue.put(_Request(task, image, top_k, future))
         return await future
 
-    async def batching_loop(self) -> None:
+    async def next_batch(self, held: collections.deque[_Request]) -> list[_Request]:
+        """The oldest waiting request and what arrives within ``max_wait_ms`` after it,
+        up to ``max_batch_size``. Per-task batching keeps other tasks' requests in
+        ``held`` for the next batches, oldest first."""
         assert self.queue is not None
         wait = self.settings.max_wait_ms / 1000
+        per_task = self.settings.batching == "per-task"
+        first = held.popleft() if held else await self.queue.get()
+        batch = [first]
+        if per_task and held:
+            for request in [r for r in held if r.task == first.task]:
+                if len(batch) == self.settings.max_batch_size:
+                    break
+                held.remove(request)
+                batch.append(request)
+        deadline = time.perf_counter() + wait
+        while len(batch) < self.settings.max_batch_size:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            try:
+                request = await asyncio.wait_for(self.queue.get(), left)
+            except TimeoutError:
+                break
+            if per_task and request.task != first.task:
+                held.append(request)
+            else:
+                batch.append(request)
+        return batch
+
+    async def batching_loop(self) -> None:
+        held: collections.deque[_Request] = collections.deque()
         while True:
-            batch = [await self.queue.get()]
-            deadline = time.perf_counter() + wait
-            while len(batch) < self.settings.max_batch_size:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), left))
-                except TimeoutError:
-                    break
-            self.stats.batch_sizes.append(len(batch))
+            batch = await self.next_batch(held)
+            self.metrics.batch_size.observe(len(batch))
+            self.metrics.batch_tasks.observe(len({r.task for r in batch}))
             try:
                 answers = await asyncio.to_thread(self._run, batch)
             except Exception as err:  # a model failure answers these requests with 500
@@ -236,7 +306,7 @@ def build_app(server: TaskServer) -> FastAPI:
     app = FastAPI(title="e2vpt serve", lifespan=lifespan)
 
     def error(status: int, message: str) -> JSONResponse:
-        server.stats.errors[status] += 1
+        server.metrics.errors.labels(status=str(status)).inc()
         return JSONResponse({"error": message}, status_code=status)
 
     @app.get("/health")
@@ -249,6 +319,7 @@ def build_app(server: TaskServer) -> FastAPI:
 
     @app.post("/v1/tasks/{name}/predict", response_model=None)
     async def predict(name: str, request: Request, top_k: int = 5) -> Any:
+        arrived = time.perf_counter()
         if name not in server.model.tasks:
             return error(404, f"unknown task {name!r}; GET /v1/tasks lists them")
         if top_k < 1:
@@ -271,15 +342,17 @@ def build_app(server: TaskServer) -> FastAPI:
             image = server.decode(name, blob)
         except (UnidentifiedImageError, OSError, ValueError) as err:
             return error(400, f"not a readable image: {err}")
-        server.stats.requests[name] += 1
         try:
-            return await server.predict(name, image, top_k)
+            answer = await server.predict(name, image, top_k)
         except TaskGone as err:
             return error(404, str(err))
         except Exception as err:
-            server.stats.errors[500] += 1
+            server.metrics.errors.labels(status="500").inc()
             logger.exception("request for task %s failed", name)
             raise HTTPException(500, f"the model failed on this request: {err}") from err
+        server.metrics.requests.labels(task=name).inc()
+        server.metrics.latency.labels(task=name).observe(time.perf_counter() - arrived)
+        return answer
 
     @app.post("/v1/tasks", response_model=None)
     async def add(body: dict[str, str]) -> Any:
@@ -301,23 +374,9 @@ def build_app(server: TaskServer) -> FastAPI:
         await asyncio.to_thread(server.remove_task, name)
         return {"removed": name, "tasks": server.model.task_names}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> str:
-        stats = server.stats
-        lines = ["# TYPE e2vpt_requests_total counter"]
-        lines += [f'e2vpt_requests_total{{task="{t}"}} {n}' for t, n in stats.requests.items()]
-        lines.append("# TYPE e2vpt_errors_total counter")
-        lines += [f'e2vpt_errors_total{{status="{s}"}} {n}' for s, n in stats.errors.items()]
-        sizes = stats.batch_sizes
-        lines += [
-            "# TYPE e2vpt_batches_total counter",
-            f"e2vpt_batches_total {len(sizes)}",
-            "# TYPE e2vpt_batch_size_max gauge",
-            f"e2vpt_batch_size_max {max(sizes, default=0)}",
-            "# TYPE e2vpt_batched_images_total counter",
-            f"e2vpt_batched_images_total {sum(sizes)}",
-        ]
-        return "\n".join(lines) + "\n"
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(server.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

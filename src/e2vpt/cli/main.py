@@ -446,6 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-image-bytes", type=int, default=20 * 2**20)
     srv.add_argument("--device", default="auto")
     srv.add_argument(
+        "--batching",
+        choices=("across-tasks", "per-task"),
+        default="across-tasks",
+        help="across-tasks: one batch mixes every task's requests (default); per-task: a "
+        "batch holds one task's requests (for comparison)",
+    )
+    srv.add_argument(
         "--adapters-dir",
         help="the only folder POST /v1/tasks may load run folders from (default: none)",
     )
@@ -813,7 +820,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from e2vpt.serving import ServeSettings, serve
     except ImportError:
         raise ConfigError(
-            "e2vpt serve needs FastAPI and uvicorn: pip install 'e2vpt[serve]'"
+            "e2vpt serve needs FastAPI, uvicorn and prometheus-client: "
+            "pip install 'e2vpt[serve]'"
         ) from None
     settings = ServeSettings(
         adapters=adapters,
@@ -824,6 +832,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         device=args.device,
         max_image_bytes=args.max_image_bytes,
         adapters_dir=args.adapters_dir,
+        batching=args.batching,
     )
     serve(settings)  # validates the settings before loading anything
     return 0
