@@ -197,13 +197,14 @@ def test_a_model_failure_is_a_500_and_the_server_stays_up(
     assert fine.status_code == 200
 
 
-def start_server(settings: ServeSettings) -> tuple[str, object, threading.Thread]:
+def start_server(
+    settings: ServeSettings, task_server: TaskServer | None = None
+) -> tuple[str, object, threading.Thread]:
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(build_app(TaskServer(settings)), port=port, log_level="warning")
-    )
+    app = build_app(task_server or TaskServer(settings))
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):
@@ -335,3 +336,37 @@ def test_shutdown_drains_requests_in_flight(runs: dict[str, str]) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=10)
+
+
+def test_an_overloaded_server_answers_503_and_recovers(runs: dict[str, str]) -> None:
+    settings = ServeSettings(adapters={"linear": runs["linear"]}, device="cpu", max_queue=1)
+    task_server = TaskServer(settings)
+    real = task_server._run_locked
+
+    def slow(batch: list) -> list:
+        time.sleep(0.6)  # requests pile up in the queue meanwhile
+        return real(batch)
+
+    task_server._run_locked = slow  # type: ignore[method-assign]
+    url, server, thread = start_server(settings, task_server)
+    headers = {"content-type": "image/png"}
+    try:
+
+        def ask(seed: int) -> httpx.Response:
+            return httpx.post(
+                f"{url}/v1/tasks/linear/predict", content=png(seed), headers=headers, timeout=30
+            )
+
+        with ThreadPoolExecutor(8) as pool:
+            first = pool.submit(ask, 0)
+            time.sleep(0.2)  # the first batch is running
+            replies = [first, *(pool.submit(ask, seed) for seed in range(1, 8))]
+            codes = [r.result().status_code for r in replies]
+        assert codes.count(503) >= 1 and codes.count(200) >= 2, codes
+        busy = next(r.result() for r in replies if r.result().status_code == 503)
+        assert "--max-queue 1" in busy.json()["error"]
+        assert ask(9).status_code == 200
+        assert read_metrics(url)[("e2vpt_errors_total", (("status", "503"),))] >= 1
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

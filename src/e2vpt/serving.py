@@ -58,6 +58,8 @@ class ServeSettings:
     # across-tasks: one batch mixes every task's requests; per-task: a batch holds one
     # task's requests only (what a server without MultiTaskModel can do; for comparison)
     batching: str = "across-tasks"
+    # requests waiting for a batch beyond which new ones are answered 503 (overload)
+    max_queue: int = 1024
 
     def validate(self) -> None:
         if not self.adapters:
@@ -68,9 +70,13 @@ class ServeSettings:
             raise ConfigError(
                 f"--batching {self.batching!r}: choose one of {', '.join(BATCHING_MODES)}"
             )
-        if self.max_batch_size < 1 or self.max_wait_ms < 0 or self.max_image_bytes < 1:
+        if (
+            min(self.max_batch_size, self.max_image_bytes, self.max_queue) < 1
+            or self.max_wait_ms < 0
+        ):
             raise ConfigError(
-                "--max-batch-size and --max-image-bytes must be >= 1 and --max-wait-ms >= 0"
+                "--max-batch-size, --max-image-bytes and --max-queue must be >= 1 and "
+                "--max-wait-ms >= 0"
             )
         backbones = {}
         for name, folder in self.adapters.items():
@@ -92,12 +98,17 @@ class TaskGone(LookupError):
     """The request's task was removed before its batch ran (answered 404)."""
 
 
+class ServerBusy(RuntimeError):
+    """More requests wait than ``max_queue`` (answered 503)."""
+
+
 @dataclass
 class _Request:
     task: str
     image: torch.Tensor  # normalised (3, S, S)
     top_k: int
     future: asyncio.Future[dict[str, Any]]
+    arrived: float  # time.perf_counter() when it was queued
 
 
 def _buckets_up_to(limit: int) -> list[float]:
@@ -201,15 +212,25 @@ class TaskServer:
         return out
 
     def decode(self, task: str, blob: bytes) -> torch.Tensor:
+        """The image, resized and normalised for ``task`` (run in a worker thread, so
+        the event loop goes on taking requests)."""
+        normalizer = self.normalizers.get(task)
+        if normalizer is None:
+            raise TaskGone(f"task {task!r} was removed while this request arrived")
         with Image.open(io.BytesIO(blob)) as image:
             array = resize_image(image, self.image_size)
         x = torch.from_numpy(np.array(array)).permute(2, 0, 1)[None].to(self.device)
-        return self.normalizers[task](x)[0]
+        return normalizer(x)[0]
 
     async def predict(self, task: str, image: torch.Tensor, top_k: int) -> dict[str, Any]:
         assert self.queue is not None
+        if self.queue.qsize() >= self.settings.max_queue:
+            raise ServerBusy(
+                f"{self.queue.qsize()} requests are waiting (--max-queue "
+                f"{self.settings.max_queue}); retry later"
+            )
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Request(task, image, top_k, future))
+        self.queue.put_nowait(_Request(task, image, top_k, future, time.perf_counter()))
         return await future
 
     async def next_batch(self, held: collections.deque[_Request]) -> list[_Request]:
@@ -227,15 +248,20 @@ class TaskServer:
                     break
                 held.remove(request)
                 batch.append(request)
-        deadline = time.perf_counter() + wait
+        # the window opens when the oldest request arrived: one that queued while the
+        # previous batch ran does not wait a second window
+        deadline = first.arrived + wait
         while len(batch) < self.settings.max_batch_size:
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                break
             try:
-                request = await asyncio.wait_for(self.queue.get(), left)
-            except TimeoutError:
-                break
+                request = self.queue.get_nowait()  # what already waits, without a timer
+            except asyncio.QueueEmpty:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                try:
+                    request = await asyncio.wait_for(self.queue.get(), left)
+                except TimeoutError:
+                    break
             if per_task and request.task != first.task:
                 held.append(request)
             else:
@@ -339,13 +365,17 @@ def build_app(server: TaskServer) -> FastAPI:
             return error(413, f"image of {len(blob)} bytes; the limit is "
                          f"{server.settings.max_image_bytes} (--max-image-bytes)")  # fmt: skip
         try:
-            image = server.decode(name, blob)
+            image = await asyncio.to_thread(server.decode, name, blob)
+        except TaskGone as err:
+            return error(404, str(err))
         except (UnidentifiedImageError, OSError, ValueError) as err:
             return error(400, f"not a readable image: {err}")
         try:
             answer = await server.predict(name, image, top_k)
         except TaskGone as err:
             return error(404, str(err))
+        except ServerBusy as err:
+            return error(503, str(err))
         except Exception as err:
             server.metrics.errors.labels(status="500").inc()
             logger.exception("request for task %s failed", name)
@@ -386,4 +416,11 @@ def serve(settings: ServeSettings) -> None:
     import uvicorn
 
     server = TaskServer(settings)
-    uvicorn.run(build_app(server), host=settings.host, port=settings.port, log_level="info")
+    # no access-log line per request (its cost shows under load): /metrics counts them
+    uvicorn.run(
+        build_app(server),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+    )

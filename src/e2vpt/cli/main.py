@@ -444,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-batch-size", type=int, default=32)
     srv.add_argument("--max-wait-ms", type=float, default=5.0)
     srv.add_argument("--max-image-bytes", type=int, default=20 * 2**20)
+    srv.add_argument(
+        "--max-queue",
+        type=int,
+        default=1024,
+        help="requests waiting for a batch beyond which new ones get 503 (default: 1024)",
+    )
     srv.add_argument("--device", default="auto")
     srv.add_argument(
         "--batching",
@@ -820,8 +826,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from e2vpt.serving import ServeSettings, serve
     except ImportError:
         raise ConfigError(
-            "e2vpt serve needs FastAPI, uvicorn and prometheus-client: "
-            "pip install 'e2vpt[serve]'"
+            "e2vpt serve needs FastAPI, uvicorn and prometheus-client: pip install 'e2vpt[serve]'"
         ) from None
     settings = ServeSettings(
         adapters=adapters,
@@ -833,6 +838,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_image_bytes=args.max_image_bytes,
         adapters_dir=args.adapters_dir,
         batching=args.batching,
+        max_queue=args.max_queue,
     )
     serve(settings)  # validates the settings before loading anything
     return 0
