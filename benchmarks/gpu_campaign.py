@@ -576,6 +576,12 @@ def ship(folder: Path, dry_run: bool, announce: Callable[[str], None] = print) -
     scratch = folder / "ship"
     shutil.rmtree(scratch, ignore_errors=True)
     announce("quickstart on the bundled weights, then on the new ones (CPU, a few minutes)")
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        announce(
+            f"warning: the machine is busy (load average {load:.1f}): the 5-minute check "
+            "times a loaded machine; rerun `ship` on an idle one for a fair verdict"
+        )
     old_s, old_margin = quickstart_margin(None, scratch / "old")
     new_s, new_margin = quickstart_margin(new_weights, scratch / "new")
     old_card = json.loads((BUNDLED / WEIGHT_FILES[1]).read_text())
@@ -591,6 +597,7 @@ def ship(folder: Path, dry_run: bool, announce: Callable[[str], None] = print) -
             "margin_over_linear": new_margin,
         },  # fmt: skip
         "machine": describe_device("cpu"),
+        "load_average_at_start": round(os.getloadavg()[0], 2),
     }
     reasons = []
     if new_s >= QUICKSTART_LIMIT_S:

@@ -54,8 +54,6 @@ SERVERS: dict[str, TaskServer] = {}
 
 @pytest.fixture(scope="module")
 def url(runs: dict[str, str]) -> Iterator[str]:
-    import uvicorn
-
     settings = ServeSettings(
         adapters=runs,
         device="cpu",
@@ -63,18 +61,10 @@ def url(runs: dict[str, str]) -> Iterator[str]:
         max_image_bytes=50_000,
         adapters_dir=str(Path(runs["linear"]).parent),
     )
-    port = free_port()
     task_server = TaskServer(settings)
     SERVERS["main"] = task_server
-    config = uvicorn.Config(build_app(task_server), port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
+    address, server, thread = start_server(settings, task_server)
+    yield address
     server.should_exit = True
     thread.join(timeout=10)
 
