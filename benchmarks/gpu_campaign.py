@@ -6,10 +6,12 @@ Steps, in order (results under one folder, ``campaign/`` by default):
 1. ``tests``     the GPU tests (``pytest -m gpu tests/gpu``)
 2. ``speed``     benchmarks/speed.py: ViT-B/16, batch 64 and 128, bf16, every method
 3. ``pruning``   benchmarks/pruning_speed.py: E²VPT before and after pruning
-4. ``pretrain``  a stronger demo backbone (scripts/pretrain_demo_backbone.py, a long
+4. ``serve``     benchmarks/serve.py: e2vpt serve under load on the GPU (FastAPI, uvicorn
+                 and their needs travel as wheels: the GPU machine lacks them)
+5. ``pretrain``  a stronger demo backbone (scripts/pretrain_demo_backbone.py, a long
                  schedule with strong augmentation, the same architecture so the CPU
                  quickstart costs the same)
-5. ``mini``      the mini-benchmark on the new backbone: 100 epochs, a wider lr grid,
+6. ``mini``      the mini-benchmark on the new backbone: 100 epochs, a wider lr grid,
                  several trials at once on the one GPU
 
 A step that finished is skipped by the next ``run``; one stopped by its time budget
@@ -73,8 +75,18 @@ MINI_CARRIED_TASKS = ["fashion_mnist", "mnist"]
 MINI_LR_FACTORS = ["0.04", "0.2", "1", "5", "25"]
 MINI_TRIALS_PER_TASK = 3  # worker processes per task, all tasks at once on the one GPU
 # seconds each step may take in one window when the window has that much left
-BUDGETS = {"tests": 150, "speed": 150, "pruning": 90, "pretrain": 420, "mini": 540}
-SMOKE_BUDGETS = {"tests": 300, "speed": 240, "pruning": 120, "pretrain": 180, "mini": 480}
+BUDGETS = {
+    "tests": 150, "speed": 150, "pruning": 90, "serve": 240, "pretrain": 420, "mini": 540,
+}  # fmt: skip
+SMOKE_BUDGETS = {
+    "tests": 300, "speed": 240, "pruning": 120, "serve": 240, "pretrain": 180, "mini": 480,
+}  # fmt: skip
+# what `e2vpt serve` needs beyond the GPU machine's packages, at uv.lock's versions
+SERVE_WHEELS = (
+    "fastapi", "starlette", "pydantic", "pydantic-core", "annotated-types",
+    "typing-inspection", "uvicorn", "python-multipart",
+)  # fmt: skip
+WHEEL_PLATFORMS = ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_28_x86_64")
 
 
 class CampaignError(Exception):
@@ -225,6 +237,40 @@ def step_pruning(ctx: Context, budget: float) -> Outcome:
     return Outcome("done" if code == 0 else "failed", "" if code == 0 else f"exit {code}")
 
 
+def step_serve(ctx: Context, budget: float) -> Outcome:
+    out = ctx.path("serve")
+    log = out / "log.txt"
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        wheels = sorted(ctx.path("wheels").glob("*.whl"))
+        if not wheels:
+            return Outcome("failed", "no FastAPI here and no wheels carried (campaign/wheels)")
+        site = out / "site"
+        install = [
+            ctx.python, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+            "--no-compile", "--upgrade", "--target", str(site), *map(str, wheels),
+        ]  # fmt: skip
+        (code,) = run_logged([install], log, ctx, 120)
+        if code != 0:
+            return Outcome("failed", "installing the carried wheels")
+        ctx.env["PYTHONPATH"] = str(site)
+    if ctx.smoke:
+        load = ["--tasks", "2", "--concurrency", "2", "--requests", "16", "--warmup", "4",
+                "--setups", "across", "per-task", "--images", "8"]  # fmt: skip
+    else:
+        load = ["--tasks", "4", "16", "--concurrency", "1", "8", "32"]
+    command = [
+        ctx.python, "benchmarks/serve.py", *load, "--device", ctx.device, "--out", str(out),
+    ]  # fmt: skip
+    (code,) = run_logged([command], log, ctx, budget)
+    ctx.env.pop("PYTHONPATH", None)
+    if code is None:
+        return Outcome("partial", f"stopped after {budget:.0f} s; it reruns whole")
+    return Outcome("done" if code == 0 else "failed", "" if code == 0 else f"exit {code}")
+
+
 def pretrain_card(ctx: Context) -> dict[str, Any] | None:
     card = ctx.path("pretrain", "weights", "demo_vit_cifar10.json")
     return json.loads(card.read_text()) if card.is_file() else None
@@ -302,6 +348,7 @@ STEPS = [
     Step("tests", "GPU tests (pytest -m gpu)", step_tests),
     Step("speed", "speed.py: ViT-B/16, batch 64/128, bf16, every method", step_speed),
     Step("pruning", "pruning_speed.py: E²VPT before/after pruning", step_pruning),
+    Step("serve", "serve.py: e2vpt serve under load", step_serve),
     Step("pretrain", "a stronger demo backbone (CIFAR-10)", step_pretrain),
     Step("mini", "mini-benchmark on the new backbone", step_mini, needs=("pretrain",)),
 ]
@@ -437,7 +484,47 @@ def prepare(folder: Path, source: Path) -> list[str]:
     # PNGs it is 36 MB), the generated tasks are generated there
     mini_benchmark.prepare(source, folder / "mini" / "data")
     done += [f"mini/data/{t}" for t in MINI_CARRIED_TASKS]
+    done += download_serve_wheels(folder / "wheels")
     return done
+
+
+def locked_versions() -> dict[str, str]:
+    import tomllib
+
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    return {p["name"]: p["version"] for p in lock.get("package", [])}
+
+
+def find_pip() -> str:
+    """A Python with pip: this one, else the one its virtual environment was made from
+    (uv's environments have no pip)."""
+    base = getattr(sys, "_base_executable", None)
+    for python in dict.fromkeys(p for p in (sys.executable, base, shutil.which("python3")) if p):
+        check = subprocess.run([python, "-m", "pip", "--version"], capture_output=True)
+        if check.returncode == 0:
+            return python
+    raise CampaignError("no pip here to download the serving wheels: install pip")
+
+
+def download_serve_wheels(wheels: Path) -> list[str]:
+    """The GPU machine's Python (3.12, x86-64) lacks FastAPI and uvicorn: their wheels
+    travel (pip download from the package registry, at uv.lock's versions)."""
+    versions = locked_versions()
+    wheels.mkdir(parents=True, exist_ok=True)
+    pins = [f"{name}=={versions[name]}" for name in SERVE_WHEELS]
+    platforms = [arg for p in WHEEL_PLATFORMS for arg in ("--platform", p)]
+    command = [
+        find_pip(), "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+        "--python-version", "3.12", "--implementation", "cp", *platforms,
+        "-d", str(wheels), *pins,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise CampaignError(
+            f"could not download the serving wheels ({done.stderr.strip().splitlines()[-1:]}); "
+            "the package registry must be reachable from here"
+        )
+    return [str(w.relative_to(wheels.parent)) for w in sorted(wheels.glob("*.whl"))]
 
 
 def carry_paths(folder: Path, status: dict[str, Any]) -> list[str]:
@@ -446,6 +533,8 @@ def carry_paths(folder: Path, status: dict[str, Any]) -> list[str]:
     pending = [n for n in STEP_NAMES if states.get(n, {}).get("state") != "done"]
     rel = folder.relative_to(REPO)
     paths = [str(rel / STATUS_FILE)] if (folder / STATUS_FILE).is_file() else []
+    if "serve" in pending:
+        paths += [str(rel / "wheels")]
     if "pretrain" in pending:
         paths += [str(rel / "data" / "cifar10.tar.gz")]
         if (folder / "pretrain").is_dir():
@@ -473,7 +562,9 @@ def pack_skip(folder: Path) -> Callable[[Path], bool]:
 
     def skip(path: Path) -> bool:
         rel = path.relative_to(folder).parts
-        if rel[0] == "data" or rel[:2] == ("mini", "data") or path.suffix == ".npz":
+        if rel[0] in ("data", "wheels") or rel[:2] in (("mini", "data"), ("serve", "site")):
+            return True
+        if path.suffix == ".npz":
             return True
         return rel[:2] == ("mini", "sweeps") and path.stat().st_size > PACK_MAX_SWEEP_FILE
 

@@ -89,6 +89,8 @@ def test_pack_and_unpack_in_parts_leaving_data_behind(campaign, tmp_path) -> Non
     (results / "pretrain" / "work" / "cifar10_uint8.npz").write_bytes(b"cache")
     (results / "data").mkdir()
     (results / "data" / "cifar10.tar.gz").write_bytes(b"data")
+    (results / "serve" / "site" / "fastapi").mkdir(parents=True)
+    (results / "serve" / "site" / "fastapi" / "__init__.py").write_text("")
     sweep = results / "mini" / "sweeps" / "dtd10" / "full" / "final" / "seed42"
     sweep.mkdir(parents=True)
     (sweep / "results.json").write_text("{}")
@@ -105,7 +107,7 @@ def test_pack_and_unpack_in_parts_leaving_data_behind(campaign, tmp_path) -> Non
     assert (
         back / "mini" / "sweeps" / "dtd10" / "full" / "final" / "seed42" / "results.json"
     ).exists()
-    for left in ("data/cifar10.tar.gz", "pretrain/work/cifar10_uint8.npz"):
+    for left in ("data/cifar10.tar.gz", "pretrain/work/cifar10_uint8.npz", "serve/site"):
         assert not (back / left).exists()
     assert not (back / sweep.relative_to(results) / "adapter.safetensors").exists()
 
@@ -123,10 +125,12 @@ def test_carry_lists_what_the_steps_left_need(campaign, tmp_path, monkeypatch) -
     campaign.write_status(folder, {"steps": {}})
     fresh = campaign.carry_paths(folder, campaign.read_status(folder))
     assert "campaign/data/cifar10.tar.gz" in fresh and "campaign/mini/data/mnist" in fresh
+    assert "campaign/wheels" in fresh  # the serving step's FastAPI and uvicorn
     assert len(fresh) <= campaign.CARRY_PATHS
-    done = {"steps": {n: {"state": "done"} for n in ("tests", "speed", "pruning", "pretrain")}}
+    finished = ("tests", "speed", "pruning", "serve", "pretrain")
+    done = {"steps": {n: {"state": "done"} for n in finished}}
     later = campaign.carry_paths(folder, done)
-    assert "campaign/data/cifar10.tar.gz" not in later
+    assert "campaign/data/cifar10.tar.gz" not in later and "campaign/wheels" not in later
     assert "campaign/pretrain/weights" in later
 
 
