@@ -196,3 +196,28 @@ def test_stored_paths_are_absolute(tmp_path: Path, task: Task, monkeypatch: pyte
     saved = TrainConfig.from_yaml(tmp_path / "rel" / "train_config.yaml")
     assert saved.data == str(tmp_path / "some" / "folder")
     assert saved.output_dir == str(tmp_path / "rel")
+
+
+def test_a_resumed_sidetune_run_does_not_read_its_starting_weights_again(
+    tmp_path: Path, task: Task
+) -> None:
+    """The side network's starting-weights file is read when a run starts; a resumed run
+    takes the side network from its state, so the file may be gone by then."""
+    from e2vpt.methods.sidetune import SidetuneConfig
+
+    side = SidetuneConfig(channels=4, conv_layers=1)
+    donor = e2vpt.wrap(e2vpt.create_backbone("demo_vit_cifar10"), side, task.num_classes)
+    weights = tmp_path / "side.pth"
+    torch.save(donor.side_branch.convs.state_dict(), weights)
+    options = {"channels": 4, "conv_layers": 1, "side_weights": str(weights)}
+    overrides = {"method": "sidetune", "method_config": options, "augment": "none"}
+    whole = train(config(tmp_path / "whole", **overrides), task=task)
+    cut = config(tmp_path / "cut", **overrides)
+    with pytest.raises(Interrupted):
+        train(cut, task=task, on_epoch=stop_after(2))
+    weights.unlink()
+    resumed = train(cut, task=task, existing="resume")
+    assert resumed.eval_top1 == whole.eval_top1
+    one = load_file(tmp_path / "whole" / "adapter.safetensors")
+    two = load_file(tmp_path / "cut" / "adapter.safetensors")
+    assert all(torch.equal(one[k], two[k]) for k in one)
