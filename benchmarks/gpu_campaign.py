@@ -608,6 +608,9 @@ def pack(folder: Path, into: Path, part_bytes: int = PART_BYTES) -> list[Path]:
 
 def unpack(parts: Sequence[Path], folder: Path) -> None:
     """Join the parts and extract them over ``folder`` (newer results replace older)."""
+    missing = [str(p) for p in parts if not p.is_file()]
+    if missing:
+        raise CampaignError(f"no such file: {', '.join(missing)}")
     names = sorted(parts, key=lambda p: p.name)
     expected = [f"campaign.tar.gz.part{i:02d}" for i in range(len(names))]
     if [p.name for p in names] != expected:
@@ -808,6 +811,11 @@ def cmd_run(args: argparse.Namespace, folder: Path, smoke: bool) -> int:
 
 
 def cmd_carry(folder: Path) -> int:
+    if not folder.is_relative_to(REPO):
+        raise CampaignError(
+            f"{folder} is outside the repository: only paths inside it travel to a GPU "
+            "machine; use a --folder inside it (the default is campaign/)"
+        )
     paths = carry_paths(folder, read_status(folder))
     tracked = subprocess.run(
         ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True
