@@ -161,7 +161,9 @@ def run_logged(
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGINT, signal.SIGKILL):
+    # SIGTERM, not SIGINT: a command started in the background ignores SIGINT; e2vpt
+    # stops cleanly on SIGTERM, and every step's state is saved atomically anyway
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:

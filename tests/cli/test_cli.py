@@ -316,6 +316,9 @@ def test_ctrl_c_stops_with_a_message_and_exit_code_130(tmp_path: Path, stop: str
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as at a terminal: a suite started in the background inherits an
+        # ignored SIGINT, which Python (rightly) keeps ignoring
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not (tmp_path / "run" / "train_state.pt").exists():  # an epoch is saved
