@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -190,8 +191,12 @@ def step_tests(ctx: Context, budget: float) -> Outcome:
     ctx.env.pop("E2VPT_GPU_TESTS_ON_CPU", None)
     if code is None:
         return Outcome("partial", f"stopped after {budget:.0f} s; the tests rerun whole")
-    tail = (out / "log.txt").read_text().strip().splitlines()[-1:]
-    return Outcome("done" if code == 0 else "failed", tail[0] if tail else f"exit {code}")
+    summary = [
+        line.strip("= ")
+        for line in (out / "log.txt").read_text().splitlines()
+        if re.search(r"\d+ (passed|failed|skipped|error)", line)
+    ]
+    return Outcome("done" if code == 0 else "failed", summary[-1] if summary else f"exit {code}")
 
 
 def step_speed(ctx: Context, budget: float) -> Outcome:
