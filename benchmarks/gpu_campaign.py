@@ -182,7 +182,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def step_tests(ctx: Context, budget: float) -> Outcome:
     out = ctx.path("tests")
     command = [
-        ctx.python, "-m", "pytest", "tests/gpu", "-m", "gpu", "-q", "-rs",
+        ctx.python, "-m", "pytest", "tests/gpu", "-m", "gpu", "-rs",  # -q: pyproject
         "-p", "no:cacheprovider", f"--junitxml={out / 'junit.xml'}",
     ]  # fmt: skip
     if ctx.smoke:
