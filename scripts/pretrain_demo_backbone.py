@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import random
 import shlex
 import sys
 import tarfile
@@ -371,7 +372,14 @@ def main() -> None:
             )
             return
         model.train()
-        gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        # every epoch's randomness from its own seed: a resumed run draws what an
+        # uninterrupted one would (TrivialAugment: torch's global generator; timm's
+        # Mixup: numpy's; RandomErasing: Python's)
+        epoch_seed = args.seed * 1000 + epoch
+        torch.manual_seed(epoch_seed)
+        np.random.seed(epoch_seed)
+        random.seed(epoch_seed)
+        gen = torch.Generator().manual_seed(epoch_seed)
         perm = torch.randperm(len(train_x), generator=gen).to(device)
         t0 = time.time()
         loss_sum = torch.zeros((), device=device)
