@@ -200,6 +200,14 @@ def step_tests(ctx: Context, budget: float) -> Outcome:
     return Outcome("done" if code == 0 else "failed", summary[-1] if summary else f"exit {code}")
 
 
+def run_whole(ctx: Context, command: list[str], log: Path, budget: float) -> Outcome:
+    """A step that is one command, rerun whole when its budget stopped it."""
+    (code,) = run_logged([command], log, ctx, budget)
+    if code is None:
+        return Outcome("partial", f"stopped after {budget:.0f} s; it reruns whole")
+    return Outcome("done" if code == 0 else "failed", "" if code == 0 else f"exit {code}")
+
+
 def step_speed(ctx: Context, budget: float) -> Outcome:
     out = ctx.path("speed")
     if ctx.smoke:
@@ -211,38 +219,21 @@ def step_speed(ctx: Context, budget: float) -> Outcome:
         ctx.python, "benchmarks/speed.py", *sizes, "--device", ctx.device,
         "--precision", "bf16", "--results-dir", str(out),
     ]  # fmt: skip
-    (code,) = run_logged([command], out / "log.txt", ctx, budget)
-    if code is None:
-        return Outcome("partial", f"stopped after {budget:.0f} s; it reruns whole")
-    return Outcome("done" if code == 0 else "failed", "" if code == 0 else f"exit {code}")
+    return run_whole(ctx, command, out / "log.txt", budget)
 
 
 def step_pruning(ctx: Context, budget: float) -> Outcome:
     out = ctx.path("speed")
-    sizes = (
-        [
-            "--backbones",
-            "demo",
-            "--tokens",
-            "10",
-            "--rounds",
-            "1",
-            "--sample-time",
-            "0.05",
-            "--batch-size",
-            "4",
-        ]  # fmt: skip
-        if ctx.smoke
-        else ["--backbones", "vit-b16"]
-    )
+    if ctx.smoke:
+        sizes = ["--backbones", "demo", "--tokens", "10", "--rounds", "1", "--sample-time",
+                 "0.05", "--batch-size", "4"]  # fmt: skip
+    else:
+        sizes = ["--backbones", "vit-b16"]
     command = [
         ctx.python, "benchmarks/pruning_speed.py", *sizes, "--device", ctx.device,
         "--out", str(out / "pruning_speed"),
     ]  # fmt: skip
-    (code,) = run_logged([command], out / "pruning_log.txt", ctx, budget)
-    if code is None:
-        return Outcome("partial", f"stopped after {budget:.0f} s; it reruns whole")
-    return Outcome("done" if code == 0 else "failed", "" if code == 0 else f"exit {code}")
+    return run_whole(ctx, command, out / "pruning_log.txt", budget)
 
 
 def step_serve(ctx: Context, budget: float) -> Outcome:
@@ -272,11 +263,9 @@ def step_serve(ctx: Context, budget: float) -> Outcome:
     command = [
         ctx.python, "benchmarks/serve.py", *load, "--device", ctx.device, "--out", str(out),
     ]  # fmt: skip
-    (code,) = run_logged([command], log, ctx, budget)
+    outcome = run_whole(ctx, command, log, budget)
     ctx.env.pop("PYTHONPATH", None)
-    if code is None:
-        return Outcome("partial", f"stopped after {budget:.0f} s; it reruns whole")
-    return Outcome("done" if code == 0 else "failed", "" if code == 0 else f"exit {code}")
+    return outcome
 
 
 def pretrain_card(ctx: Context) -> dict[str, Any] | None:
