@@ -95,6 +95,27 @@ class CampaignError(Exception):
     """A problem with the campaign's inputs: one line, with the fix."""
 
 
+def publish(target: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` beside ``target``, then rename it into place: a stopped write
+    leaves no half-written file. (e2vpt.files does the same, but importing e2vpt loads
+    torch and timm, seconds that `status` and `carry` need not pay.)"""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def publish_text(target: Path, text: str) -> None:
+    publish(target, lambda tmp: tmp.write_text(text))
+
+
+def publish_copy(source: Path, target: Path) -> None:
+    publish(target, lambda tmp: shutil.copyfile(source, tmp))
+
+
 @dataclass
 class Context:
     folder: Path
@@ -361,10 +382,7 @@ def read_status(folder: Path) -> dict[str, Any]:
 
 
 def write_status(folder: Path, status: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (STATUS_FILE + ".tmp")
-    tmp.write_text(json.dumps(status, indent=2) + "\n")
-    os.replace(tmp, folder / STATUS_FILE)
+    publish_text(folder / STATUS_FILE, json.dumps(status, indent=2) + "\n")
 
 
 def describe_device(device: str) -> str:
@@ -446,9 +464,7 @@ def write_summary(folder: Path, status: dict[str, Any]) -> None:
     ):
         for path in sorted(folder.glob(pattern)):
             lines += [f"## {path.relative_to(folder)}", "", path.read_text().strip(), ""]
-    tmp = folder / (SUMMARY_FILE + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, folder / SUMMARY_FILE)
+    publish_text(folder / SUMMARY_FILE, "\n".join(lines) + "\n")
 
 
 # ---- moving data and results between machines -------------------------------------------
@@ -470,8 +486,7 @@ def prepare(folder: Path, source: Path) -> list[str]:
     for src, dst in ((source / "cifar10.tar.gz", data / "cifar10.tar.gz"),
                      (source / "dtd10.tar.gz", data / "mini-source" / "dtd10.tar.gz")):  # fmt: skip
         if not dst.is_file():
-            shutil.copyfile(src, dst.with_suffix(".tmp"))
-            os.replace(dst.with_suffix(".tmp"), dst)
+            publish_copy(src, dst)
         done.append(str(dst.relative_to(folder)))
     sys.path.insert(0, str(REPO / "benchmarks"))
     import mini_benchmark
@@ -547,10 +562,10 @@ def carry_paths(folder: Path, status: dict[str, Any]) -> list[str]:
     return paths
 
 
-def tree_bytes(path: Path, skip: Callable[[Path], bool] = lambda p: False) -> int:
+def tree_bytes(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not skip(p))
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def pack_skip(folder: Path) -> Callable[[Path], bool]:
@@ -595,7 +610,8 @@ def pack(folder: Path, into: Path, part_bytes: int = PART_BYTES) -> list[Path]:
     with archive.open("rb") as src:
         for i in range(count):
             part = into / f"campaign.tar.gz.part{i:02d}"
-            part.write_bytes(src.read(part_bytes))
+            chunk = src.read(part_bytes)
+            publish(part, lambda tmp, chunk=chunk: tmp.write_bytes(chunk))
             parts.append(part)
     archive.unlink()
     print(f"packed {folder} into {count} file(s) in {into} ({size / 2**20:.1f} MiB; "
@@ -697,7 +713,7 @@ def ship(folder: Path, dry_run: bool, announce: Callable[[str], None] = print) -
         reasons.append(f"E²VPT's margin shrank from {old_margin:+.2f} to {new_margin:+.2f}")
     verdict["shipped"] = not reasons and not dry_run
     verdict["reasons"] = reasons
-    (folder / "ship.json").write_text(json.dumps(verdict, indent=2) + "\n")
+    publish_text(folder / "ship.json", json.dumps(verdict, indent=2) + "\n")
     for name in ("old", "new"):
         v = verdict[name]
         announce(
@@ -710,9 +726,7 @@ def ship(folder: Path, dry_run: bool, announce: Callable[[str], None] = print) -
         announce("would ship (--dry-run: nothing changed)")
     else:
         for name in WEIGHT_FILES:
-            tmp = BUNDLED / (name + ".tmp")
-            shutil.copyfile(folder / "pretrain" / "weights" / name, tmp)
-            os.replace(tmp, BUNDLED / name)
+            publish_copy(folder / "pretrain" / "weights" / name, BUNDLED / name)
         announce(f"shipped into {BUNDLED}; update README's quickstart figures (`e2vpt train`)")
     shutil.rmtree(scratch, ignore_errors=True)
     return verdict
@@ -798,8 +812,7 @@ def cmd_run(args: argparse.Namespace, folder: Path, smoke: bool) -> int:
     if smoke and not (folder / "data" / "cifar10.tar.gz").is_file():
         source = REPO.parent / "shared" / "data"
         if "pretrain" in [s.name for s in steps] and (source / "cifar10.tar.gz").is_file():
-            (folder / "data").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / "cifar10.tar.gz", folder / "data" / "cifar10.tar.gz")
+            publish_copy(source / "cifar10.tar.gz", folder / "data" / "cifar10.tar.gz")
     minutes = args.budget_minutes or (30.0 if smoke else 9.0)
     status = run_campaign(ctx, steps, minutes * 60, SMOKE_BUDGETS if smoke else BUDGETS, args.force)
     print(f"\nsummary: {folder / SUMMARY_FILE}")

@@ -37,8 +37,8 @@ HUB_WEIGHTS = "pretrained"
 
 
 def side_weights_argument(value: str) -> str:
-    """``--side-weights``: ``pretrained`` or an existing file, made absolute (a sweep's
-    trials run in other folders)."""
+    """``--side-weights``: ``pretrained`` or an existing file (the config makes it
+    absolute: a sweep's trials run in other folders)."""
     if value == HUB_WEIGHTS:
         return value
     if not Path(value).is_file():
@@ -46,7 +46,7 @@ def side_weights_argument(value: str) -> str:
             f"side-network weights file {value} not found (give a .safetensors/.pth file, "
             f"or '{HUB_WEIGHTS}' for timm's weights of a timm --side-network)"
         )
-    return os.path.abspath(value)
+    return value
 
 
 def build_conv_stack(channels: int, layers: int) -> nn.Sequential:
