@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import yaml
 
 from e2vpt.cli.main import build_parser, config_from_args, main
+from e2vpt.methods import list_methods
 from e2vpt.training.config import TrainConfig
 from tests.backbones.test_weight_files import write_swin_original
 from tests.conftest import make_tiny_swin
@@ -355,3 +357,22 @@ def test_val_fraction_runs_train_and_eval_on_an_image_folder_without_val(
     assert main(["eval", str(out), "--split", "val"]) == 0
     (written,) = out.glob("eval_pets-*_val.json")  # the folder's name + a hash of its path
     assert json.loads(written.read_text())["images"] == 4
+
+
+def test_every_flag_of_every_command_says_what_it_does() -> None:
+    """A flag whose --help is empty or only its own name tells a user nothing; the
+    method flag lists every registered method."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    undocumented = []
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            text = (action.help or "").split(" (default")[0].strip()
+            if text in ("", action.dest, action.dest.replace("_", " ")):
+                undocumented.append(f"{name} {action.option_strings[0]}")
+    assert not undocumented, undocumented
+    method_help = next(a.help for a in commands["train"]._actions if a.dest == "method")
+    for method in list_methods():
+        assert method in method_help

@@ -97,10 +97,15 @@ def field_comments(cls: type) -> dict[str, str]:
 
 
 def _add_dataclass_flags(
-    parser: argparse.ArgumentParser, cls: type, skip: set[str], help_prefix: str = ""
+    parser: argparse.ArgumentParser,
+    cls: type,
+    skip: set[str],
+    help_prefix: str = "",
+    help_overrides: dict[str, str] | None = None,
 ) -> None:
+    """One flag per field; ``help_overrides`` for help computed at run time (registries)."""
     hints = typing.get_type_hints(cls)
-    comments = field_comments(cls)
+    comments = field_comments(cls) | (help_overrides or {})
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -190,7 +195,9 @@ SWEEP_FLAGS = {
 
 
 def _add_train_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:
-    _add_dataclass_flags(parser, TrainConfig, skip=skip)
+    _add_dataclass_flags(
+        parser, TrainConfig, skip=skip, help_overrides={"method": " | ".join(list_methods())}
+    )
     _add_method_flags(parser)
 
 
@@ -345,7 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument(
         "--address", help="Ray cluster address (e.g. auto or ray://head:10001); default: local"
     )
-    ray.add_argument("--cpus-per-trial", type=float, default=ray_defaults.cpus_per_trial)
+    ray.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=ray_defaults.cpus_per_trial,
+        help=f"CPUs Ray reserves per trial (default: {ray_defaults.cpus_per_trial})",
+    )
     ray.add_argument(
         "--gpus-per-trial", type=float, help="default: 1 where the cluster has GPUs, else 0"
     )
@@ -400,11 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("--output", type=Path, help="write the predictions to a .csv or .jsonl file")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    pred.add_argument("--top-k", type=int, default=5)
-    pred.add_argument("--batch-size", type=int, default=64)
-    pred.add_argument("--device", default="auto")
+    pred.add_argument("--top-k", type=int, default=5, help="classes per image (default: 5)")
+    pred.add_argument("--batch-size", type=int, default=64, help="images per forward (default: 64)")
+    pred.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     pred.add_argument("--precision", default="fp32", help="fp32 | bf16 | auto")
-    pred.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    pred.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a progress bar on stderr (default: on)",
+    )
 
     exp = sub.add_parser(
         "export",
@@ -439,18 +456,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=RUN_DIR",
         help="a task to serve (repeat the flag for more)",
     )
-    srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--max-batch-size", type=int, default=32)
-    srv.add_argument("--max-wait-ms", type=float, default=5.0)
-    srv.add_argument("--max-image-bytes", type=int, default=20 * 2**20)
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    srv.add_argument(
+        "--max-batch-size", type=int, default=32, help="images per forward at most (default: 32)"
+    )
+    srv.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a batch waits for more requests after its first (default: 5)",
+    )
+    srv.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=20 * 2**20,
+        help="larger uploads get 413 (default: 20 MiB)",
+    )
     srv.add_argument(
         "--max-queue",
         type=int,
         default=1024,
         help="requests waiting for a batch beyond which new ones get 503 (default: 1024)",
     )
-    srv.add_argument("--device", default="auto")
+    srv.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     srv.add_argument(
         "--batching",
         choices=("across-tasks", "per-task"),
@@ -466,15 +495,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="evaluate a trained run folder")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data", help="task to evaluate on (default: the run's own)")
-    evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--batch-size", type=int, default=256)
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--split", default="test", help="the task split to score (default: test)")
+    evaluate.add_argument(
+        "--batch-size", type=int, default=256, help="images per forward (default: 256)"
+    )
+    evaluate.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)"
+    )
     evaluate.add_argument(
         "--weights",
         help="the backbone's weights file, when the path the run stored does not hold it here "
         "(a run made on another machine)",
     )
-    evaluate.add_argument("--precision", default="auto")
+    evaluate.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (default: auto)",
+    )
     evaluate.add_argument(
         "--ignore-class-names",
         action="store_true",
@@ -510,7 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--weights", help="the backbone's weights file (default: the path the run stored)"
     )
-    prune.add_argument("--no-progress", dest="progress", action="store_false")
+    prune.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bars"
+    )
 
     info = sub.add_parser("info", help="parameter accounting for a backbone × method")
     info.add_argument(
@@ -519,7 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[DEMO_BACKBONE],
         help="one or more timm names (computed on the meta device: no weights, no memory)",
     )
-    info.add_argument("--num-classes", type=int, default=100)
+    info.add_argument(
+        "--num-classes", type=int, default=100, help="head size the counts assume (default: 100)"
+    )
     info.add_argument(
         "--methods",
         nargs="+",

@@ -69,11 +69,9 @@ class TrainConfig:
     recipe: str = "default"  # default (e2vpt's) | official (exactly the official VPT/E²VPT code)
     backbone: str = DEMO_BACKBONE  # timm name, or the bundled demo backbone
     weights: str | None = None  # local weights file for the backbone (.npz/.pth/.safetensors)
-    method: str = "e2vpt"  # linear | full | bias | vpt-shallow | vpt-deep | e2vpt
+    method: str = "e2vpt"  # a registered method (`e2vpt info` lists them)
     method_config: dict[str, Any] = field(default_factory=dict)  # the method's options
-    data: str = (
-        "builtin:count"  # builtin:*, vtab:DIR, fgvc:DIR, cifar100-lt<ρ>:DIR or an image folder
-    )
+    data: str = "builtin:count"  # builtin:*, vtab:DIR, fgvc:DIR, cifar100-lt<ρ>:DIR, image folder
     data_seed: int = 0  # seed of a built-in task's generator and of --val-fraction's draw
     val_fraction: float | None = None  # image folder without val/: hold out this share of train
     data_cache: bool = True  # decode files once into a memory-mapped cache ($E2VPT_CACHE_DIR)
@@ -91,7 +89,7 @@ class TrainConfig:
     seed: int = 42  # init, shuffling and dropout
     augment: str = "auto"  # auto (the task's protocol) | none | flip | crop-flip | random-crop-flip
     global_pool: str | None = None  # None: backbone convention | token | avg | avg-fc-norm | map
-    train_split: str = "train"
+    train_split: str = "train"  # the split trained on (a sweep's final seeds: trainval)
     val_split: str | None = "val"  # evaluated every epoch when the task has it
     eval_split: str | None = "test"  # final top-1 (None: none, as in a sweep's grid trials)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -100,7 +98,7 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute activations in the backward: less memory
     compile: bool = False  # torch.compile the model: slow first steps, pays on long GPU runs
     compare_linear: bool = False  # also train a linear probe and show both
-    progress: bool = True
+    progress: bool = True  # progress bars on stderr
     state_every: int = 1  # epochs between resumable training states (0: none; not resumable)
 
     def validate(self) -> None:
