@@ -14,6 +14,7 @@ from e2vpt.sweeps.report import (
     build_report,
     paper_anchors,
     plot_points,
+    point_styles,
     write_report,
 )
 
@@ -142,6 +143,13 @@ def test_plot_scores_every_method_on_the_same_tasks(runs: Path) -> None:
     points, label = plot_points(complete)
     assert label == HEADLINE
     assert dict((m, y) for m, _, y in points)["a"] == pytest.approx(complete.rows[0][HEADLINE])
+
+
+def test_no_two_methods_of_a_table_share_a_marker_and_colour() -> None:
+    """Every registered method (12) and then some: each point is told apart in the legend."""
+    styles = point_styles(20)
+    assert len(set(styles)) == 20
+    assert len({colour for _, colour in styles}) == 20
 
 
 def test_sweeps_on_other_backbones_are_rows_of_their_own(tmp_path: Path) -> None:

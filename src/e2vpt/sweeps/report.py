@@ -254,6 +254,18 @@ def _label(row: dict[str, Any]) -> str:
     return f"{row['method']} ({row['backbone']})" if row.get("backbone") else row["method"]
 
 
+PLOT_MARKERS = "osD^v<>ph*"
+
+
+def point_styles(count: int) -> list[tuple[str, str]]:
+    """(marker, colour) per point: 20 distinct pairs before any repeats (a table has 12
+    methods and more with backbones), so no two methods look alike in a legend."""
+    import matplotlib
+
+    colours = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab20"].colors]
+    return [(PLOT_MARKERS[i % len(PLOT_MARKERS)], colours[i % len(colours)]) for i in range(count)]
+
+
 def plot_report(report: Report, path: Path, title: str = "") -> None:
     """Accuracy against tunable % of the backbone, one point per method, log x-axis.
     Written atomically."""
@@ -263,14 +275,13 @@ def plot_report(report: Report, path: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     points, label = plot_points(report)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     # a legend, not labels by the points: methods with similar budgets sit on top of
-    # each other, and labels there become ambiguous
-    markers = "osD^v<>ph*"
-    for i, (method, x, y) in enumerate(points):
-        ax.scatter([x], [y], s=60, marker=markers[i % len(markers)], label=method, alpha=0.85)
+    # each other, and labels there become ambiguous; outside the axes, so it hides none
+    for (method, x, y), (marker, colour) in zip(points, point_styles(len(points)), strict=True):
+        ax.scatter([x], [y], s=60, marker=marker, color=colour, label=method, alpha=0.85)
     if points:
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xscale("log")
     ax.set_xlabel("tunable parameters, % of the backbone (log)")
     ax.set_ylabel(f"top-1 % ({label})", fontsize=9)
