@@ -8,12 +8,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from e2vpt.cli.main import main
 from tests.conftest import write_vtab_tree
 
+SCHEDULE = [
+    "--augment",
+    "flip",  # drawn on the global batch, so every rank's generator stays in step
+    "--epochs",
+    "2",
+    "--warmup-epochs",
+    "1",
+    "--batch-size",
+    "10",  # global batch: 5 images per process, last batch of 2 split 1 + 1
+    "--no-progress",
+]
 TRAIN = [
     "train",
     "--method",
@@ -24,15 +36,7 @@ TRAIN = [
     "2",
     "--visual-dropout",
     "0",  # dropout masks are drawn per process; without it the runs must agree
-    "--augment",
-    "flip",  # drawn on the global batch, so every rank's generator stays in step
-    "--epochs",
-    "2",
-    "--warmup-epochs",
-    "1",
-    "--batch-size",
-    "10",  # global batch: 5 images per process, last batch of 2 split 1 + 1
-    "--no-progress",
+    *SCHEDULE,
 ]
 
 
@@ -62,6 +66,29 @@ def test_two_gloo_processes_train_like_one(tmp_path: Path) -> None:
     # rank 0 alone wrote the run folder, and reported once
     assert sorted(p.name for p in double.iterdir()) == sorted(p.name for p in single.iterdir())
     assert done.stdout.count("run folder:") == 1
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["mlp", "lora"],  # the head on cached features; modules injected into the backbone by peft
+)
+def test_the_papers_baselines_train_under_torchrun_like_one_process(
+    method: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "task"
+    write_vtab_tree(data, {"train800": 32, "val200": 12, "test": 14}, num_classes=3)
+    common = ["train", "--method", method, *SCHEDULE, "--data", f"vtab:{data}", "--device", "cpu"]
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert main([*common, "--output-dir", str(single)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node=2", "-m", "e2vpt", *common, "--output-dir", str(double)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = load_file(single / "adapter.safetensors"), load_file(double / "adapter.safetensors")
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
 
 
 def test_a_torchrun_run_stopped_by_sigterm_resumes_like_one_uninterrupted(tmp_path: Path) -> None:
