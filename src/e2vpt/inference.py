@@ -13,7 +13,19 @@ from torch import nn
 from e2vpt.data import Split
 from e2vpt.errors import ConfigError
 from e2vpt.model import PromptedModel
-from e2vpt.training.config import parse_device
+
+
+def parse_device(name: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` (… any name torch knows) as a device;
+    a name torch does not know is a clear error. ``auto`` is the CPU here."""
+    if name == "auto":
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"unknown device {name!r}; use auto, cpu, cuda or cuda:N (e.g. cuda:0)"
+        ) from None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from e2vpt.backbones.demo import DEMO_BACKBONE
 from e2vpt.data import BUILTIN_PREFIX, CIFAR_LT, FGVC_PREFIX, VTAB_PREFIX
 from e2vpt.data.augment import AUGMENTATIONS
+from e2vpt.inference import parse_device
 from e2vpt.methods.base import ConfigError, MethodConfig, get_method, method_config
 from e2vpt.model import HEAD_INITS
 from e2vpt.recipes import (
@@ -239,19 +239,6 @@ def absolute_data_spec(spec: str) -> str:
     if spec.startswith("cifar100-lt"):
         return spec  # malformed: load_task names the problem
     return os.path.abspath(spec)
-
-
-def parse_device(name: str) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` (… any name torch knows) as a device;
-    a name torch does not know is a clear error. ``auto`` is the CPU here."""
-    if name == "auto":
-        return torch.device("cpu")
-    try:
-        return torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(
-            f"unknown device {name!r}; use auto, cpu, cuda or cuda:N (e.g. cuda:0)"
-        ) from None
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
