@@ -40,10 +40,14 @@ TRAIN = [
 ]
 
 
-def test_two_gloo_processes_train_like_one(tmp_path: Path) -> None:
+def train_on_one_and_two_ranks(
+    train: list[str], tmp_path: Path
+) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+    """The same run in this process and on 2 gloo ranks under torchrun; asserts both end
+    on the same tunable tensors and returns (single, double, torchrun's result)."""
     data = tmp_path / "task"
     write_vtab_tree(data, {"train800": 32, "val200": 12, "test": 14}, num_classes=3)
-    common = [*TRAIN, "--data", f"vtab:{data}", "--device", "cpu"]
+    common = [*train, "--data", f"vtab:{data}", "--device", "cpu"]
     single, double = tmp_path / "single", tmp_path / "double"
     assert main([*common, "--output-dir", str(single)]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -51,11 +55,16 @@ def test_two_gloo_processes_train_like_one(tmp_path: Path) -> None:
     command += ["--nproc_per_node=2", "-m", "e2vpt", *common, "--output-dir", str(double)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-
     one, two = load_file(single / "adapter.safetensors"), load_file(double / "adapter.safetensors")
-    assert one.keys() == two.keys() and "visual_prompts.prompts" in one
+    assert one.keys() == two.keys()
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+    return single, double, done
+
+
+def test_two_gloo_processes_train_like_one(tmp_path: Path) -> None:
+    single, double, done = train_on_one_and_two_ranks(TRAIN, tmp_path)
+    assert "visual_prompts.prompts" in load_file(single / "adapter.safetensors")
     metrics_one = json.loads((single / "metrics.json").read_text())
     metrics_two = json.loads((double / "metrics.json").read_text())
     for a, b in zip(metrics_one, metrics_two, strict=True):
@@ -75,20 +84,7 @@ def test_two_gloo_processes_train_like_one(tmp_path: Path) -> None:
 def test_the_papers_baselines_train_under_torchrun_like_one_process(
     method: str, tmp_path: Path
 ) -> None:
-    data = tmp_path / "task"
-    write_vtab_tree(data, {"train800": 32, "val200": 12, "test": 14}, num_classes=3)
-    common = ["train", "--method", method, *SCHEDULE, "--data", f"vtab:{data}", "--device", "cpu"]
-    single, double = tmp_path / "single", tmp_path / "double"
-    assert main([*common, "--output-dir", str(single)]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node=2", "-m", "e2vpt", *common, "--output-dir", str(double)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    one, two = load_file(single / "adapter.safetensors"), load_file(double / "adapter.safetensors")
-    assert one.keys() == two.keys()
-    for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+    train_on_one_and_two_ranks(["train", "--method", method, *SCHEDULE], tmp_path)
 
 
 def test_a_torchrun_run_stopped_by_sigterm_resumes_like_one_uninterrupted(tmp_path: Path) -> None:
