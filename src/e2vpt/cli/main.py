@@ -83,6 +83,9 @@ def _base_type(annotation: Any) -> Any:
     return origin or annotation
 
 
+DEVICE_HELP = "auto | cpu | cuda | cuda:N (default: auto)"  # predict, serve, eval
+
+
 def field_comments(cls: type) -> dict[str, str]:
     """The trailing ``# comment`` of each field in a config dataclass: its --help text."""
     comments: dict[str, str] = {}
@@ -414,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     pred.add_argument("--top-k", type=int, default=5, help="classes per image (default: 5)")
     pred.add_argument("--batch-size", type=int, default=64, help="images per forward (default: 64)")
-    pred.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    pred.add_argument("--device", default="auto", help=DEVICE_HELP)
     pred.add_argument("--precision", default="fp32", help="fp32 | bf16 | auto")
     pred.add_argument(
         "--progress",
@@ -479,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1024,
         help="requests waiting for a batch beyond which new ones get 503 (default: 1024)",
     )
-    srv.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    srv.add_argument("--device", default="auto", help=DEVICE_HELP)
     srv.add_argument(
         "--batching",
         choices=("across-tasks", "per-task"),
@@ -499,9 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--batch-size", type=int, default=256, help="images per forward (default: 256)"
     )
-    evaluate.add_argument(
-        "--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)"
-    )
+    evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.add_argument(
         "--weights",
         help="the backbone's weights file, when the path the run stored does not hold it here "
