@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import e2vpt
+from e2vpt.errors import exit_code_of
 from e2vpt.export import deployable, export_model
 from e2vpt.inference import model_data_settings
 from e2vpt.reporting import format_table
@@ -105,4 +106,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exit_code_of(main, "export_speed.py"))

@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from e2vpt.data.synthetic import generate_split
-from e2vpt.errors import ConfigError
+from e2vpt.errors import ConfigError, exit_code_of
 from e2vpt.methods import get_method, list_methods, method_config
 from e2vpt.sweeps import SweepSettings, run_sweep
 from e2vpt.training.config import TrainConfig
@@ -271,6 +271,13 @@ def main() -> int:
                     file=sys.stderr,
                     flush=True,
                 )
+    if not sweeps_dir.is_dir():
+        print(
+            f"mini_benchmark.py: error: no finished sweeps in {sweeps_dir}; run without "
+            "--report-only first, or pass the --out of an earlier run",
+            file=sys.stderr,
+        )
+        return 2
     from e2vpt.sweeps.report import build_report, write_report
 
     report = build_report(sweeps_dir, expected_tasks={t: TASKS[t] for t in args.tasks})
@@ -280,4 +287,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(
+        exit_code_of(
+            main, "mini_benchmark.py", "finished trials are kept; run the same command to go on"
+        )
+    )

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import e2vpt
+from e2vpt.errors import exit_code_of
 from e2vpt.multitask import MultiTaskModel
 from e2vpt.reporting import format_table
 
@@ -128,4 +129,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exit_code_of(main, "multitask.py"))

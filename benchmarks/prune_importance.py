@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from e2vpt.checkpoint import load
+from e2vpt.errors import exit_code_of
 from e2vpt.inference import model_data_settings, top1
 from e2vpt.pruning import apply_plan, importance_scores, make_plan
 from e2vpt.reporting import format_table, write_csv, write_json
@@ -228,4 +229,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exit_code_of(main, "prune_importance.py"))

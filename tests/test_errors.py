@@ -3,6 +3,8 @@ module raises it, so the command line catches them all in one place."""
 
 from __future__ import annotations
 
+import pytest
+
 import e2vpt
 from e2vpt import errors
 from e2vpt.backbones import BackboneError
@@ -39,3 +41,26 @@ def test_every_user_error_shares_one_base() -> None:
 def test_interrupted_is_a_keyboard_interrupt_not_a_user_error() -> None:
     assert issubclass(errors.Interrupted, KeyboardInterrupt)
     assert not issubclass(errors.Interrupted, errors.E2VPTError)
+
+
+def test_a_script_reports_a_user_error_in_one_line_and_lets_bugs_through(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def bad_input() -> int:
+        raise errors.DataError("folder x has no train800.txt; pass a VTAB-1k task folder")
+
+    def stopped() -> int:
+        raise KeyboardInterrupt
+
+    def bug() -> int:
+        raise ZeroDivisionError
+
+    assert errors.exit_code_of(lambda: 0, "bench.py") == 0
+    assert errors.exit_code_of(bad_input, "bench.py") == 2
+    assert capsys.readouterr().err == (
+        "bench.py: error: folder x has no train800.txt; pass a VTAB-1k task folder\n"
+    )
+    assert errors.exit_code_of(stopped, "bench.py", "finished trials are kept") == 130
+    assert capsys.readouterr().err == "\nbench.py: interrupted; finished trials are kept\n"
+    with pytest.raises(ZeroDivisionError):  # not a user error: the traceback is wanted
+        errors.exit_code_of(bug, "bench.py")

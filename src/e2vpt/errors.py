@@ -4,6 +4,9 @@ user error escapes as a traceback (a leaf: imports nothing of e2vpt's)."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class E2VPTError(Exception):
     """Base of every error e2vpt raises for a user's input, files or run."""
@@ -39,3 +42,17 @@ class Interrupted(KeyboardInterrupt):
 
 class ExportError(E2VPTError, RuntimeError):
     """A model could not be exported, or the exported file does not reproduce it."""
+
+
+def exit_code_of(main: Callable[[], int], name: str, interrupted: str = "") -> int:
+    """Run a script's ``main`` the way the command line runs a command: a user error is
+    one line on stderr (exit 2) and Ctrl-C says what was kept (exit 130), never a
+    traceback."""
+    try:
+        return main()
+    except E2VPTError as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted{'; ' + interrupted if interrupted else ''}", file=sys.stderr)
+        return 130
