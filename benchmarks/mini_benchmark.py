@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from e2vpt.data.synthetic import generate_split
-from e2vpt.errors import ConfigError, exit_code_of
+from e2vpt.errors import ConfigError, SweepError, exit_code_of
 from e2vpt.methods import get_method, list_methods, method_config
 from e2vpt.sweeps import SweepSettings, run_sweep
 from e2vpt.training.config import TrainConfig
@@ -271,13 +271,11 @@ def main() -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-    if not sweeps_dir.is_dir():
-        print(
-            f"mini_benchmark.py: error: no finished sweeps in {sweeps_dir}; run without "
-            "--report-only first, or pass the --out of an earlier run",
-            file=sys.stderr,
+    if not sweeps_dir.is_dir():  # the report's own message names `e2vpt sweep`'s flag
+        raise SweepError(
+            f"no finished sweeps in {sweeps_dir}; run without --report-only first, "
+            "or pass the --out of an earlier run"
         )
-        return 2
     from e2vpt.sweeps.report import build_report, write_report
 
     report = build_report(sweeps_dir, expected_tasks={t: TASKS[t] for t in args.tasks})
