@@ -6,77 +6,74 @@ model = e2vpt.wrap(backbone, e2vpt.E2VPTConfig(visual_tokens=10, kv_tokens=5), n
 print(e2vpt.count_parameters(model))
 e2vpt.save(model, "runs/cifar100")
 model = e2vpt.load("runs/cifar100")
+print(e2vpt.evaluate("runs/cifar100"))
+
+Names are imported on first use, so ``import e2vpt`` (and the command line's ``--help``)
+costs nothing until a name that needs torch is touched.
 """
 
-from e2vpt.accounting import ParameterCount, count_parameters
-from e2vpt.backbones import DEMO_BACKBONE, create_backbone
-from e2vpt.checkpoint import load, save
-from e2vpt.errors import (
-    BackboneError,
-    CheckpointError,
-    DataError,
-    DivergedError,
-    E2VPTError,
-    SweepError,
-)
-from e2vpt.families import PromptedSwin, PromptedViT
-from e2vpt.methods import (
-    BiasConfig,
-    ConfigError,
-    E2VPTConfig,
-    FullConfig,
-    LinearConfig,
-    MethodConfig,
-    VPTConfig,
-    get_method,
-    list_methods,
-    method_config,
-    register_method,
-)
-from e2vpt.model import PromptedModel
-from e2vpt.multitask import MultiTaskModel
-from e2vpt.wrapping import wrap
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
+# public name → the module that defines it
+_EXPORTS: dict[str, str] = {
+    "ParameterCount": "e2vpt.accounting",
+    "count_parameters": "e2vpt.accounting",
+    "DEMO_BACKBONE": "e2vpt.backbones",
+    "create_backbone": "e2vpt.backbones",
+    "load": "e2vpt.checkpoint",
+    "save": "e2vpt.checkpoint",
+    "BackboneError": "e2vpt.errors",
+    "CheckpointError": "e2vpt.errors",
+    "ConfigError": "e2vpt.errors",
+    "DataError": "e2vpt.errors",
+    "DivergedError": "e2vpt.errors",
+    "E2VPTError": "e2vpt.errors",
+    "ExportError": "e2vpt.errors",
+    "SweepError": "e2vpt.errors",
+    "EvalResult": "e2vpt.evaluation",
+    "evaluate": "e2vpt.evaluation",
+    "PromptedSwin": "e2vpt.families",
+    "PromptedViT": "e2vpt.families",
+    "AdapterConfig": "e2vpt.methods",
+    "BiasConfig": "e2vpt.methods",
+    "E2VPTConfig": "e2vpt.methods",
+    "FullConfig": "e2vpt.methods",
+    "LinearConfig": "e2vpt.methods",
+    "LoRAConfig": "e2vpt.methods",
+    "MLPConfig": "e2vpt.methods",
+    "MethodConfig": "e2vpt.methods",
+    "PartialConfig": "e2vpt.methods",
+    "PeftTunerConfig": "e2vpt.methods",
+    "SidetuneConfig": "e2vpt.methods",
+    "VPTConfig": "e2vpt.methods",
+    "get_method": "e2vpt.methods",
+    "list_methods": "e2vpt.methods",
+    "method_config": "e2vpt.methods",
+    "register_method": "e2vpt.methods",
+    "PromptedModel": "e2vpt.model",
+    "MultiTaskModel": "e2vpt.multitask",
+    "Predictor": "e2vpt.predict",
+    "TrainConfig": "e2vpt.training.config",
+    "train": "e2vpt.training.trainer",
+    "wrap": "e2vpt.wrapping",
+}
 
-def __getattr__(name: str) -> object:
-    """``e2vpt.Predictor`` without importing the training stack on ``import e2vpt``."""
-    if name == "Predictor":
-        from e2vpt.predict import Predictor
-
-        return Predictor
-    raise AttributeError(f"module 'e2vpt' has no attribute {name!r}")
+__all__ = sorted(_EXPORTS)
 
 
-__all__ = [
-    "DEMO_BACKBONE",
-    "MultiTaskModel",
-    "Predictor",
-    "BackboneError",
-    "BiasConfig",
-    "CheckpointError",
-    "ConfigError",
-    "DataError",
-    "DivergedError",
-    "E2VPTError",
-    "E2VPTConfig",
-    "FullConfig",
-    "LinearConfig",
-    "MethodConfig",
-    "ParameterCount",
-    "PromptedModel",
-    "PromptedSwin",
-    "PromptedViT",
-    "SweepError",
-    "VPTConfig",
-    "count_parameters",
-    "create_backbone",
-    "get_method",
-    "list_methods",
-    "load",
-    "method_config",
-    "register_method",
-    "save",
-    "wrap",
-]
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'e2vpt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

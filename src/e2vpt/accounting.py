@@ -49,3 +49,50 @@ def count_parameters(model: PromptedModel) -> ParameterCount:
         percent=100.0 * tunable / backbone,
         percent_without_head=100.0 * (tunable - head) / backbone,
     )
+
+
+def size_table(backbones: list[str], configs: list[Any], num_classes: int) -> list[dict[str, Any]]:
+    """One row per backbone × method config: tunable parameters with and without the
+    head, as a share of the backbone. Computed on the meta device: no memory and no
+    weights are needed, even for ViT-H."""
+    import torch
+
+    from e2vpt.backbones import create_backbone
+    from e2vpt.wrapping import wrap
+
+    rows = []
+    for name in backbones:
+        for config in configs:
+            with torch.device("meta"):
+                backbone = create_backbone(name, pretrained=False)
+            counts = count_parameters(wrap(backbone, config.for_restore(), num_classes))
+            row = {"backbone": name} if len(backbones) > 1 else {}
+            rows.append(
+                row
+                | {
+                    "method": config.method_name,
+                    "options": config.describe_size(),
+                    "tunable": counts.tunable,
+                    "without head": counts.tunable_without_head,
+                    "% of backbone": counts.percent,
+                    "backbone params": counts.backbone,
+                }
+            )
+    return rows
+
+
+def wide_size_table(
+    rows: list[dict[str, Any]], backbones: list[str], num_classes: int
+) -> list[dict[str, Any]]:
+    """Backbones as rows: what each method adds to the frozen backbone (head apart)."""
+    table = []
+    for name in backbones:
+        mine = [r for r in rows if r.get("backbone", name) == name]
+        total = mine[0]["backbone params"]
+        heads = {r["tunable"] - r["without head"] for r in mine}
+        row: dict[str, Any] = {"backbone": name, "params": f"{total / 1e6:.1f} M"}
+        for r in mine:
+            row[r["method"]] = f"{r['without head']:,} ({100 * r['without head'] / total:.3f} %)"
+        row[f"head ({num_classes} classes)"] = f"{max(heads):,}"
+        table.append(row)
+    return table

@@ -4,8 +4,10 @@ user error escapes as a traceback (a leaf: imports nothing of e2vpt's)."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
 
 class E2VPTError(Exception):
@@ -44,15 +46,46 @@ class ExportError(E2VPTError, RuntimeError):
     """A model could not be exported, or the exported file does not reproduce it."""
 
 
-def exit_code_of(main: Callable[[], int], name: str, interrupted: str = "") -> int:
-    """Run a script's ``main`` the way the command line runs a command: a user error is
-    one line on stderr (exit 2) and Ctrl-C says what was kept (exit 130), never a
-    traceback."""
+def exit_code_of(
+    main: Callable[[], int],
+    name: str,
+    interrupted: str = "",
+    prefer_error_message: bool = False,
+    render: Callable[[str], str] = str,
+) -> int:
+    """Run a command's or a script's ``main`` the one way the command line runs every
+    command: a user error is one line on stderr (exit 2), Ctrl-C or SIGTERM (``kill``, a
+    scheduler's preemption, torchrun stopping its workers) says what was kept (exit 130),
+    never a traceback; bugs keep theirs.
+
+    ``interrupted``: what was kept, said after an interrupt; ``prefer_error_message``:
+    an :class:`Interrupted` raised with a message of its own says it instead (training
+    knows which epoch is saved). ``render`` rewrites an error's text for its reader (the
+    command line names flags where the library names settings)."""
+    previous = _stop_on_sigterm()
     try:
         return main()
     except E2VPTError as err:
-        print(f"{name}: error: {err}", file=sys.stderr)
+        print(f"{name}: error: {render(str(err))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\n{name}: interrupted{'; ' + interrupted if interrupted else ''}", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        own = str(err) if prefer_error_message and isinstance(err, Interrupted) else ""
+        said = render(own) if own else interrupted
+        print(f"\n{name}: interrupted{'; ' + said if said else ''}", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm() -> Any:
+    """SIGTERM stops a command like Ctrl-C: cleanly, with what was kept and how to go on
+    (None where no handler can be set: not the main thread)."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:
+        return None

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2vpt.cli.main import build_parser, config_from_args, main
+from e2vpt.cli.main import build_parser, main
+from e2vpt.cli.run_config import config_from_args
 from e2vpt.methods import list_methods
 from e2vpt.training.config import TrainConfig
 from tests.backbones.test_weight_files import write_swin_original

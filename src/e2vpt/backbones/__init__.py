@@ -80,4 +80,21 @@ def create_backbone(
     return model
 
 
-__all__ = ["DEMO_BACKBONE", "BackboneError", "create_backbone", "load_weights_file"]
+def backbone_for_run(meta: dict[str, Any], weights: str | None, run_dir: Path) -> nn.Module | None:
+    """The backbone to load a run onto: from ``weights`` when given; else None (the
+    checkpoint rebuilds the one it names), once the weights path it stored is checked to
+    exist here, so a run made elsewhere is a one-line error before anything loads."""
+    if weights is None:
+        check_weights_file(meta.get("backbone_weights"), trained_in=run_dir)
+        return None
+    check_weights_file(weights)
+    return create_backbone(meta["backbone"], weights=weights)
+
+
+__all__ = [
+    "DEMO_BACKBONE",
+    "BackboneError",
+    "backbone_for_run",
+    "create_backbone",
+    "load_weights_file",
+]

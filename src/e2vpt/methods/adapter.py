@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
+from e2vpt.settings import setting
 
 if TYPE_CHECKING:
     from e2vpt.model import PromptedModel
@@ -51,8 +52,8 @@ class AdapterConfig(MethodConfig):
     changes_backbone: ClassVar[bool] = True
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.1, "adamw": 1e-3}
     size_fields: ClassVar[tuple[str, ...]] = ("reduction",)
-    reduction: int = 8  # bottleneck width = block width / reduction
-    activation: str = "relu"  # relu (Pfeiffer et al.) | gelu
+    reduction: int = setting(8, "bottleneck width = block width / reduction")
+    activation: str = setting("relu", "relu (Pfeiffer et al.) | gelu")
 
     def validate(self) -> None:
         super().validate()

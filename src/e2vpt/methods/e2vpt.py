@@ -15,6 +15,7 @@ from torch import nn
 from e2vpt.layers.kv_attention import KV_INITS
 from e2vpt.layers.prompts import SEGMENT_LAYOUTS
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
+from e2vpt.settings import setting
 
 if TYPE_CHECKING:
     from e2vpt.model import PromptedModel
@@ -30,14 +31,18 @@ class E2VPTConfig(MethodConfig):
         "train_masks": True,
         "kv_init": "heads",
     }
-    visual_tokens: int = 10  # deep visual prompt tokens per block
-    kv_tokens: int = 5  # key-value prompt tokens per attention
-    shared_kv: bool = True  # one tensor serves as key and value prompt (official default)
-    visual_dropout: float = 0.1  # dropout on the visual prompts
-    kv_init: str = "heads"  # heads: Kaiming-uniform on (heads, m, head_dim) | width: on (m, d)
-    mask_segments: int = 16  # R: segments per visual token for segment-wise pruning
-    segment_layout: str = "interleaved"  # interleaved: dim j → segment j mod R | contiguous
-    train_masks: bool = True  # token/segment masks learn with the prompts (official code)
+    visual_tokens: int = setting(10, "deep visual prompt tokens per block")
+    kv_tokens: int = setting(5, "key-value prompt tokens per attention")
+    shared_kv: bool = setting(True, "one tensor serves as key and value prompt (official default)")
+    visual_dropout: float = setting(0.1, "dropout on the visual prompts")
+    kv_init: str = setting(
+        "heads", "heads: Kaiming-uniform on (heads, m, head_dim) | width: on (m, d)"
+    )
+    mask_segments: int = setting(16, "R: segments per visual token for segment-wise pruning")
+    segment_layout: str = setting(
+        "interleaved", "interleaved: dim j → segment j mod R | contiguous"
+    )
+    train_masks: bool = setting(True, "token/segment masks learn with the prompts (official code)")
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.25, "adamw": 0.04}
     size_fields: ClassVar[tuple[str, ...]] = ("visual_tokens", "kv_tokens", "shared_kv")
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 from torch import nn
 
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
+from e2vpt.settings import setting
 
 if TYPE_CHECKING:
     from e2vpt.model import PromptedModel
@@ -26,11 +27,11 @@ class LoRAConfig(MethodConfig):
     # starting points for `e2vpt sweep`'s grid search, not tuned values
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.1, "adamw": 1e-3}
     size_fields: ClassVar[tuple[str, ...]] = ("rank", "targets")
-    rank: int = 8  # r: the update's rank
-    alpha: float = 16.0  # the update is scaled by alpha / r (peft's lora_alpha)
-    lora_dropout: float = 0.0  # dropout on the update's input
-    targets: str = "qkv"  # qkv | qkv,proj: the attention projections that get updates
-    use_dora: bool = False  # DoRA: a learned magnitude per output on top of LoRA (peft)
+    rank: int = setting(8, "r: the update's rank")
+    alpha: float = setting(16.0, "the update is scaled by alpha / r (peft's lora_alpha)")
+    lora_dropout: float = setting(0.0, "dropout on the update's input")
+    targets: str = setting("qkv", "qkv | qkv,proj: the attention projections that get updates")
+    use_dora: bool = setting(False, "DoRA: a learned magnitude per output on top of LoRA (peft)")
 
     def validate(self) -> None:
         super().validate()

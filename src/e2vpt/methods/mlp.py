@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 from torch import nn
 
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
+from e2vpt.settings import setting
 
 if TYPE_CHECKING:
     from e2vpt.model import PromptedModel
@@ -22,7 +23,7 @@ class MLPConfig(MethodConfig):
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.2, "adamw": 0.04}
     head_only: ClassVar[bool] = True  # the backbone is frozen: features can be cached
     size_fields: ClassVar[tuple[str, ...]] = ("layers",)
-    layers: int = 3  # Linear layers, the head included (3: MLP-3)
+    layers: int = setting(3, "Linear layers, the head included (3: MLP-3)")
 
     def validate(self) -> None:
         super().validate()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, ClassVar
 from torch import nn
 
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
+from e2vpt.settings import setting
 
 if TYPE_CHECKING:
     from e2vpt.model import PromptedModel
@@ -21,7 +22,7 @@ class PartialConfig(MethodConfig):
     # a whole block learns, as in full fine-tuning: a smaller lr than the prompt methods'
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.05, "adamw": 5e-4}
     size_fields: ClassVar[tuple[str, ...]] = ("blocks",)
-    blocks: int = 1  # the last k blocks learn (1: the papers' Partial-1)
+    blocks: int = setting(1, "the last k blocks learn (1: the papers' Partial-1)")
 
     def validate(self) -> None:
         super().validate()

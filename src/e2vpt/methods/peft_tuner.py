@@ -11,7 +11,7 @@ what peft marks trainable, plus the head. Needs ``pip install 'e2vpt[peft]'``.""
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -19,6 +19,7 @@ import yaml
 from torch import nn
 
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
+from e2vpt.settings import setting
 
 if TYPE_CHECKING:
     from e2vpt.model import PromptedModel
@@ -71,8 +72,11 @@ class PeftTunerConfig(MethodConfig):
     changes_backbone: ClassVar[bool] = True
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.1, "adamw": 1e-3}
     size_fields: ClassVar[tuple[str, ...]] = ("peft_config",)
-    peft_config: dict[str, Any] = field(  # a JSON/YAML file: peft_type + the tuner's options
-        default_factory=dict, metadata={"parse": read_peft_config_file, "metavar": "FILE"}
+    peft_config: dict[str, Any] = setting(
+        {},
+        "a JSON/YAML file: peft_type + the tuner's options",
+        parse=read_peft_config_file,
+        metavar="FILE",
     )
 
     @classmethod

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -27,6 +27,7 @@ from e2vpt.backbones.weight_files import read_torch_file, unwrap_state
 from e2vpt.data.core import note
 from e2vpt.errors import BackboneError
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
+from e2vpt.settings import setting
 from e2vpt.state import diff_state
 
 if TYPE_CHECKING:
@@ -99,12 +100,17 @@ class SidetuneConfig(MethodConfig):
     # starting points for `e2vpt sweep`'s grid search, not tuned values
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.1, "adamw": 1e-3}
     size_fields: ClassVar[tuple[str, ...]] = ("side_network", "channels", "conv_layers")
-    side_network: str = BUILT_IN  # 'convs' (built in) or a timm model name, e.g. resnet18
-    channels: int = 64  # width of the built-in side network's convolutions
-    conv_layers: int = 4  # the built-in side network's stride-2 3×3 convolutions
-    blend_init: float = 0.5  # α, the blend's starting weight on the frozen features (learned)
-    side_weights: str = field(  # the side network's starting weights: FILE or 'pretrained'
-        default="", metadata={"parse": side_weights_argument, "metavar": "FILE|pretrained"}
+    side_network: str = setting(BUILT_IN, "'convs' (built in) or a timm model name, e.g. resnet18")
+    channels: int = setting(64, "width of the built-in side network's convolutions")
+    conv_layers: int = setting(4, "the built-in side network's stride-2 3×3 convolutions")
+    blend_init: float = setting(
+        0.5, "α, the blend's starting weight on the frozen features (learned)"
+    )
+    side_weights: str = setting(
+        "",
+        "the side network's starting weights: FILE or 'pretrained'",
+        parse=side_weights_argument,
+        metavar="FILE|pretrained",
     )
 
     def __post_init__(self) -> None:

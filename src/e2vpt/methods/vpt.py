@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import nn
 
 from e2vpt.methods.base import MethodConfig, register_method
+from e2vpt.settings import setting
 
 if TYPE_CHECKING:
     from e2vpt.model import PromptedModel
@@ -22,10 +23,10 @@ class VPTConfig(MethodConfig):
 
     name: ClassVar[str] = "vpt"
     official_options: ClassVar[dict[str, Any]] = {"dropout": 0.0}
-    tokens: int = 10  # prompt tokens per set
-    deep: bool = False  # a prompt set per block (VPT-deep)
-    dropout: float = 0.0  # prompt dropout (the official VPT code: 0.0)
-    project: bool = False  # optional linear projection of the prompts (off in the paper)
+    tokens: int = setting(10, "prompt tokens per set")
+    deep: bool = setting(False, "a prompt set per block (VPT-deep)")
+    dropout: float = setting(0.0, "prompt dropout (the official VPT code: 0.0)")
+    project: bool = setting(False, "optional linear projection of the prompts (off in the paper)")
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.25, "adamw": 0.04}
     size_fields: ClassVar[tuple[str, ...]] = ("tokens",)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from e2vpt.recipes import (
     resolve_choice,
 )
 from e2vpt.run_folder import fresh_folder, readable_name
+from e2vpt.settings import setting
 
 LR_SCHEDULE_UNITS = ("update", "epoch")
 # fields that change where, how fast or how visibly a run trains, not what it learns
@@ -66,40 +67,64 @@ QUICKSTART: dict[str, Any] = {
 
 @dataclass
 class TrainConfig:
-    recipe: str = "default"  # default (e2vpt's) | official (exactly the official VPT/E²VPT code)
-    backbone: str = DEMO_BACKBONE  # timm name, or the bundled demo backbone
-    weights: str | None = None  # local weights file for the backbone (.npz/.pth/.safetensors)
-    method: str = "e2vpt"  # a registered method (`e2vpt info` lists them)
-    method_config: dict[str, Any] = field(default_factory=dict)  # the method's options
-    data: str = "builtin:count"  # builtin:*, vtab:DIR, fgvc:DIR, cifar100-lt<ρ>:DIR, image folder
-    data_seed: int = 0  # seed of a built-in task's generator and of --val-fraction's draw
-    val_fraction: float | None = None  # image folder without val/: hold out this share of train
-    data_cache: bool = True  # decode files once into a memory-mapped cache ($E2VPT_CACHE_DIR)
-    output_dir: str | None = None  # run folder (None: a new runs/<task>-<method>[-N])
-    epochs: int = 100  # training epochs
-    batch_size: int = 64  # images per step
-    base_lr: float | None = None  # lr = base_lr × batch / 256; None: the method's default
-    weight_decay: float = 1e-4  # L2 on everything tuned but the head bias
-    warmup_epochs: int | None = None  # None: 10 % of epochs (the papers' 10 of 100)
-    lr_schedule_unit: str = AUTO  # auto (the recipe's) | update | epoch (official: per epoch)
-    head_init: str = AUTO  # auto (the recipe's) | kaiming (official) | trunc-normal (timm's)
-    normalize: str = AUTO  # auto (the recipe's) | task | imagenet (official) | backbone
-    optimizer: str = "auto"  # auto (SGD; AdamW for full, as the papers) | sgd | adamw
-    momentum: float = 0.9  # SGD momentum
-    seed: int = 42  # init, shuffling and dropout
-    augment: str = "auto"  # auto (the task's protocol) | none | flip | crop-flip | random-crop-flip
-    global_pool: str | None = None  # None: backbone convention | token | avg | avg-fc-norm | map
-    train_split: str = "train"  # the split trained on (a sweep's final seeds: trainval)
-    val_split: str | None = "val"  # evaluated every epoch when the task has it
-    eval_split: str | None = "test"  # final top-1 (None: none, as in a sweep's grid trials)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    cache_features: bool = True  # linear probing: run the frozen backbone once per image
-    grad_checkpointing: bool = False  # recompute activations in the backward: less memory
-    compile: bool = False  # torch.compile the model: slow first steps, pays on long GPU runs
-    compare_linear: bool = False  # also train a linear probe and show both
-    progress: bool = True  # progress bars on stderr
-    state_every: int = 1  # epochs between resumable training states (0: none; not resumable)
+    recipe: str = setting(
+        "default", "default (e2vpt's) | official (exactly the official VPT/E²VPT code)"
+    )
+    backbone: str = setting(DEMO_BACKBONE, "timm name, or the bundled demo backbone")
+    weights: str | None = setting(
+        None, "local weights file for the backbone (.npz/.pth/.safetensors)"
+    )
+    method: str = setting("e2vpt", "a registered method (`e2vpt info` lists them)")
+    method_config: dict[str, Any] = setting({}, "the method's options", cli=False)
+    data: str = setting(
+        "builtin:count", "builtin:*, vtab:DIR, fgvc:DIR, cifar100-lt<ρ>:DIR, image folder"
+    )
+    data_seed: int = setting(0, "seed of a built-in task's generator and of --val-fraction's draw")
+    val_fraction: float | None = setting(
+        None, "image folder without val/: hold out this share of train"
+    )
+    data_cache: bool = setting(
+        True, "decode files once into a memory-mapped cache ($E2VPT_CACHE_DIR)"
+    )
+    output_dir: str | None = setting(None, "run folder (None: a new runs/<task>-<method>[-N])")
+    epochs: int = setting(100, "training epochs")
+    batch_size: int = setting(64, "images per step")
+    base_lr: float | None = setting(None, "lr = base_lr × batch / 256; None: the method's default")
+    weight_decay: float = setting(1e-4, "L2 on everything tuned but the head bias")
+    warmup_epochs: int | None = setting(None, "None: 10 % of epochs (the papers' 10 of 100)")
+    lr_schedule_unit: str = setting(
+        AUTO, "auto (the recipe's) | update | epoch (official: per epoch)"
+    )
+    head_init: str = setting(
+        AUTO, "auto (the recipe's) | kaiming (official) | trunc-normal (timm's)"
+    )
+    normalize: str = setting(AUTO, "auto (the recipe's) | task | imagenet (official) | backbone")
+    optimizer: str = setting("auto", "auto (SGD; AdamW for full, as the papers) | sgd | adamw")
+    momentum: float = setting(0.9, "SGD momentum")
+    seed: int = setting(42, "init, shuffling and dropout")
+    augment: str = setting(
+        "auto", "auto (the task's protocol) | none | flip | crop-flip | random-crop-flip"
+    )
+    global_pool: str | None = setting(
+        None, "None: backbone convention | token | avg | avg-fc-norm | map"
+    )
+    train_split: str = setting("train", "the split trained on (a sweep's final seeds: trainval)")
+    val_split: str | None = setting("val", "evaluated every epoch when the task has it")
+    eval_split: str | None = setting(
+        "test", "final top-1 (None: none, as in a sweep's grid trials)"
+    )
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    precision: str = setting("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")
+    cache_features: bool = setting(True, "linear probing: run the frozen backbone once per image")
+    grad_checkpointing: bool = setting(False, "recompute activations in the backward: less memory")
+    compile: bool = setting(
+        False, "torch.compile the model: slow first steps, pays on long GPU runs"
+    )
+    compare_linear: bool = setting(False, "also train a linear probe and show both")
+    progress: bool = setting(True, "progress bars on stderr")
+    state_every: int = setting(
+        1, "epochs between resumable training states (0: none; not resumable)"
+    )
 
     def validate(self) -> None:
         check_recipe(self.recipe)

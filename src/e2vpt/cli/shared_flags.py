@@ -1,0 +1,16 @@
+"""Flags several commands share, written once: the device and a run's backbone weights."""
+
+from __future__ import annotations
+
+import argparse
+
+DEVICE_HELP = "auto | cpu | cuda | cuda:N (default: auto)"  # predict, serve, eval
+
+
+def add_weights_flag(parser: argparse.ArgumentParser) -> None:
+    """``--weights``: for a run made on another machine, whose stored path is not here."""
+    parser.add_argument(
+        "--weights",
+        help="the backbone's weights file, when the path the run stored does not hold it here "
+        "(a run made on another machine)",
+    )

@@ -1,0 +1,143 @@
+"""Scoring a trained run folder on a dataset: ``e2vpt.evaluate(run_dir)`` (and ``e2vpt
+eval``). The data defaults to the run's own, with the validation split it held out; a
+dataset whose class names differ from the run's is refused, since label i must mean the
+same class in both."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from e2vpt.data.core import note
+from e2vpt.errors import CheckpointError, ConfigError
+from e2vpt.files import atomic_write_text
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    run: str
+    method: str
+    data: str
+    split: str
+    images: int
+    top1: float  # a fraction (0.873), not a percentage
+
+    def table_row(self) -> dict[str, Any]:
+        return {**{k: v for k, v in asdict(self).items() if k != "top1"}, **self._percent()}
+
+    def _percent(self) -> dict[str, float]:
+        return {"top-1 %": round(100 * self.top1, 2)}
+
+
+def evaluate(
+    run_dir: str | os.PathLike[str],
+    data: str | None = None,
+    split: str = "test",
+    batch_size: int = 256,
+    device: str = "auto",
+    weights: str | None = None,
+    precision: str = "auto",
+    ignore_class_names: bool = False,
+) -> EvalResult:
+    """Top-1 of a finished run on ``data`` (default: the task it was trained on)."""
+    from e2vpt.backbones import backbone_for_run
+    from e2vpt.checkpoint import load, read_config
+    from e2vpt.data import load_task
+    from e2vpt.inference import model_data_settings, resolve_device, top1
+    from e2vpt.run_folder import require_complete
+
+    run_dir = Path(run_dir)
+    require_complete(run_dir, "evaluate")
+    meta = read_config(run_dir)
+    data, data_seed, val_fraction = _data_for(run_dir, data)
+    torch_device = resolve_device(device)
+    model = load(run_dir, backbone=backbone_for_run(meta, weights, run_dir))
+    image_size, normalizer = model_data_settings(model)
+    task = load_task(data, image_size, seed=data_seed, val_fraction=val_fraction)
+    if task.num_classes != meta["num_classes"]:
+        raise CheckpointError(
+            f"{data} has {task.num_classes} classes but the checkpoint in {run_dir} has a "
+            f"{meta['num_classes']}-class head; evaluate on the task it was trained for"
+        )
+    check_class_names(model.class_names, task.classes, data, run_dir, ignore_class_names)
+    model = model.to(torch_device)
+    accuracy = top1(
+        model, task.split(split), normalizer.to(torch_device), torch_device, precision, batch_size
+    )
+    return EvalResult(
+        run=str(run_dir),
+        method=meta["method"],
+        data=data,
+        split=split,
+        images=len(task.split(split)),
+        top1=accuracy,
+    )
+
+
+def _data_for(run_dir: Path, data: str | None) -> tuple[str, int, float | None]:
+    """The data to score on, its generator seed and the val share it holds out: a run's
+    own data is split as it was in training, so ``val`` is the val it held out."""
+    from e2vpt.training.config import TrainConfig, absolute_data_spec
+
+    if not (run_dir / "train_config.yaml").is_file():
+        if data is None:
+            raise ConfigError(
+                f"{run_dir} has no train_config.yaml; set `data` to the data to score on"
+            )
+        return data, 0, None
+    run_cfg = TrainConfig.from_run_folder(run_dir)
+    data = data or run_cfg.data
+    own = absolute_data_spec(data) == run_cfg.data
+    return data, run_cfg.data_seed, run_cfg.val_fraction if own else None
+
+
+def check_class_names(
+    trained: list[str] | None,
+    given: list[Any],
+    data: str,
+    run_dir: Path,
+    ignore_class_names: bool = False,
+) -> None:
+    """Label i must mean the same class in the data as in the run."""
+    if trained is None:
+        note(
+            f"{run_dir} stores no class names (saved before e2vpt stored them); assuming "
+            f"{data}'s labels mean the run's classes"
+        )
+        return
+    names = [str(c) for c in given]
+    if names == trained or ignore_class_names:
+        return
+    index = next(i for i, (a, b) in enumerate(zip(trained, names, strict=True)) if a != b)
+    raise CheckpointError(
+        f"{data}'s classes are not the ones {run_dir} was trained on (label {index}: "
+        f"{names[index]!r} here, {trained[index]!r} in the run); evaluate on the run's own "
+        "classes, or set `ignore_class_names` to score by label position anyway"
+    )
+
+
+def data_label(data: str) -> str:
+    """A short file-name label that still tells datasets apart: a built-in task's name,
+    else the folder's name and a hash of its absolute path (``pets-3fa2c1``)."""
+    from e2vpt.data import BUILTIN_PREFIX
+    from e2vpt.run_folder import readable_name
+    from e2vpt.training.config import absolute_data_spec
+
+    if data.startswith(BUILTIN_PREFIX):
+        return readable_name(data)
+    spec = absolute_data_spec(data)
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:6]
+    return f"{readable_name(Path(spec.split(':')[-1]).name, 40)}-{digest}"
+
+
+def write_eval_result(result: EvalResult) -> Path:
+    """``RUN_DIR/eval_<data>_<split>.json``: named by dataset and split, so evaluating on
+    other data never replaces a result."""
+    import json
+
+    path = Path(result.run) / f"eval_{data_label(result.data)}_{result.split}.json"
+    atomic_write_text(path, json.dumps(result.table_row(), indent=2) + "\n")
+    return path
