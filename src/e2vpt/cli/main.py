@@ -8,7 +8,6 @@ import argparse
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import inspect
 import io
 import json
@@ -28,7 +27,7 @@ import torch
 from e2vpt import __version__
 from e2vpt.backbones import DEMO_BACKBONE, canonical_name, check_weights_file, create_backbone
 from e2vpt.checkpoint import CheckpointError, load, read_config
-from e2vpt.data import BUILTIN_PREFIX, load_task
+from e2vpt.data import DataSpec, load_task
 from e2vpt.errors import E2VPTError, Interrupted
 from e2vpt.files import atomic_write_text, check_writable
 from e2vpt.layers.prompts import PRUNE_MODES
@@ -44,7 +43,7 @@ from e2vpt.pruning.importance import SCORE_DEFINITIONS, SCORE_MODES
 from e2vpt.pruning.search import PruneSettings
 from e2vpt.recipes import PRUNE_CHOICES, RECIPES, choices_table
 from e2vpt.reporting import format_table, write_json
-from e2vpt.run_folder import fresh_folder, readable_name, require_complete
+from e2vpt.run_folder import fresh_folder, require_complete
 from e2vpt.sweeps.protocol import ADAMW_BASE_LRS, SweepError, SweepSettings
 from e2vpt.sweeps.ray_engine import RaySettings
 from e2vpt.training.config import QUICKSTART, RUNTIME_FIELDS, TrainConfig, absolute_data_spec
@@ -964,11 +963,7 @@ def _predictions_text(rows: list[Any], suffix: str) -> str:
 def _data_label(data: str) -> str:
     """A short file-name label that still tells datasets apart: a built-in task's name,
     else the folder's name and a hash of its absolute path (``pets-3fa2c1``)."""
-    if data.startswith(BUILTIN_PREFIX):
-        return readable_name(data)
-    spec = absolute_data_spec(data)
-    digest = hashlib.sha256(spec.encode()).hexdigest()[:6]
-    return f"{readable_name(Path(spec.split(':')[-1]).name, 40)}-{digest}"
+    return DataSpec.parse(data).label()
 
 
 def _backbone_for(meta: dict[str, Any], weights: str | None, run_dir: Path) -> Any:
