@@ -13,8 +13,8 @@ A task is named by one string (``TrainConfig.data``), parsed by
 * any other string — an image folder ``root/{train,val,test}/<class>/**`` (val and test
   optional; ``val_fraction`` holds out part of train when val is missing)
 
-Importing the package is light (no torch): each name below is imported from its module
-on first access, so ``from e2vpt.data.spec import DataSpec`` stays cheap."""
+Importing the package imports no torch: each name below comes from its module on first
+access, so :mod:`e2vpt.data.spec` and :mod:`e2vpt.data.formats` stay cheap to import."""
 
 from __future__ import annotations
 

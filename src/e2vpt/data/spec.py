@@ -3,7 +3,8 @@ names (built-in task, image folder, VTAB-1k, FGVC, CIFAR-100-LT, … — see
 :mod:`e2vpt.data.formats`), its folder, built-in name and imbalance ratio; it writes the
 canonical absolute form stored in run configs and the short label in file names.
 
-Imports no torch, numpy or PIL: the command line parses ``--data`` before loading them."""
+Imports no torch, numpy or PIL (a test holds it to that), so a command can parse
+``--data`` before it loads them."""
 
 from __future__ import annotations
 
