@@ -5,13 +5,13 @@ same class in both."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from e2vpt.data.core import note
+from e2vpt.data.spec import DataSpec
 from e2vpt.errors import CheckpointError, ConfigError
 from e2vpt.files import atomic_write_text
 
@@ -80,7 +80,7 @@ def evaluate(
 def _data_for(run_dir: Path, data: str | None) -> tuple[str, int, float | None]:
     """The data to score on, its generator seed and the val share it holds out: a run's
     own data is split as it was in training, so ``val`` is the val it held out."""
-    from e2vpt.training.config import TrainConfig, absolute_data_spec
+    from e2vpt.training.config import TrainConfig
 
     if not (run_dir / "train_config.yaml").is_file():
         if data is None:
@@ -90,7 +90,7 @@ def _data_for(run_dir: Path, data: str | None) -> tuple[str, int, float | None]:
         return data, 0, None
     run_cfg = TrainConfig.from_run_folder(run_dir)
     data = data or run_cfg.data
-    own = absolute_data_spec(data) == run_cfg.data
+    own = str(DataSpec.parse(data).absolute()) == run_cfg.data
     return data, run_cfg.data_seed, run_cfg.val_fraction if own else None
 
 
@@ -119,25 +119,12 @@ def check_class_names(
     )
 
 
-def data_label(data: str) -> str:
-    """A short file-name label that still tells datasets apart: a built-in task's name,
-    else the folder's name and a hash of its absolute path (``pets-3fa2c1``)."""
-    from e2vpt.data import BUILTIN_PREFIX
-    from e2vpt.run_folder import readable_name
-    from e2vpt.training.config import absolute_data_spec
-
-    if data.startswith(BUILTIN_PREFIX):
-        return readable_name(data)
-    spec = absolute_data_spec(data)
-    digest = hashlib.sha256(spec.encode()).hexdigest()[:6]
-    return f"{readable_name(Path(spec.split(':')[-1]).name, 40)}-{digest}"
-
-
 def write_eval_result(result: EvalResult) -> Path:
     """``RUN_DIR/eval_<data>_<split>.json``: named by dataset and split, so evaluating on
     other data never replaces a result."""
     import json
 
-    path = Path(result.run) / f"eval_{data_label(result.data)}_{result.split}.json"
+    label = DataSpec.parse(result.data).label()
+    path = Path(result.run) / f"eval_{label}_{result.split}.json"
     atomic_write_text(path, json.dumps(result.table_row(), indent=2) + "\n")
     return path

@@ -21,6 +21,8 @@ from e2vpt.checkpoint import load, read_config
 from e2vpt.data import IMAGE_EXTENSIONS
 from e2vpt.data.core import read_image, resize_image
 from e2vpt.data.fgvc import fgvc_store_size
+from e2vpt.data.formats import FGVC
+from e2vpt.data.spec import DataSpec
 from e2vpt.errors import DataError
 from e2vpt.inference import autocast, model_data_settings, resolve_device
 from e2vpt.run_folder import require_complete
@@ -117,7 +119,8 @@ class Predictor:
         config_file = self.run_dir / "train_config.yaml"
         if config_file.is_file():
             data = TrainConfig.from_run_folder(self.run_dir).data or ""
-            self.resize = RESIZE_FGVC if data.startswith("fgvc:") else RESIZE_PLAIN
+            fgvc = bool(data) and DataSpec.parse(data).kind == FGVC
+            self.resize = RESIZE_FGVC if fgvc else RESIZE_PLAIN
         else:
             self.notes.append(
                 f"{self.run_dir} has no train_config.yaml: images are resized to "

@@ -17,6 +17,8 @@ import torch
 
 from e2vpt.data.cache import CacheKey, fingerprint, load_decoded
 from e2vpt.data.core import TRAINVAL, Chunk, DataError, Split, Task, array_chunks, check_labels
+from e2vpt.data.formats import CIFAR100_LT, LoadOptions, get_format
+from e2vpt.data.spec import DataSpec
 
 LT_GROUP = "cifar100-lt"
 LT_RATIOS = (10, 50, 100)
@@ -144,8 +146,8 @@ def load_cifar100_lt(
         name=name,
         classes=classes,
         group=LT_GROUP,
-        metric="error",
         source=decoded.source,
+        **get_format(CIFAR100_LT).protocol(),
     )
     gather = torch.from_numpy(trainval_rows)
     task.splits = {
@@ -155,3 +157,15 @@ def load_cifar100_lt(
         "test": split(n_lt, len(labels)),
     }
     return task
+
+
+def load_spec(spec: DataSpec, image_size: int, options: LoadOptions) -> Task:
+    """The format's loader (see :mod:`e2vpt.data.formats`)."""
+    return load_cifar100_lt(
+        spec.path or "",
+        spec.ratio or 0,
+        image_size,
+        options.progress,
+        cache=options.cache,
+        quiet=options.quiet,
+    )

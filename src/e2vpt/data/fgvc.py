@@ -18,6 +18,8 @@ import torch
 
 from e2vpt.data.cache import CacheKey, fingerprint, load_decoded
 from e2vpt.data.core import DataError, Split, Task, check_labels, image_chunks
+from e2vpt.data.formats import FGVC, LoadOptions, get_format
+from e2vpt.data.spec import DataSpec
 
 FGVC_GROUP = "fgvc"
 # dataset → classes; keys are folder names, lower-cased, without _ - or spaces
@@ -131,9 +133,8 @@ def load_fgvc(
         name=folder.name,
         classes=classes,
         group=FGVC_GROUP,
-        augment="random-crop-flip",
-        normalization="imagenet",
         source=decoded.source,
+        **get_format(FGVC).protocol(),
     )
     start = 0
     for split in FGVC_SPLITS:  # CROPPED_SPLITS come first
@@ -145,3 +146,10 @@ def load_fgvc(
         task.splits[split] = Split(decoded.images[start : start + n], labels, crops)
         start += n
     return task
+
+
+def load_spec(spec: DataSpec, image_size: int, options: LoadOptions) -> Task:
+    """The format's loader (see :mod:`e2vpt.data.formats`)."""
+    return load_fgvc(
+        spec.path or "", image_size, options.progress, cache=options.cache, quiet=options.quiet
+    )

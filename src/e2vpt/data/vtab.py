@@ -18,6 +18,8 @@ from e2vpt.data.core import (
     check_labels,
     rows_of,
 )
+from e2vpt.data.formats import VTAB, LoadOptions, get_format
+from e2vpt.data.spec import DataSpec
 
 NATURAL, SPECIALIZED, STRUCTURED = "natural", "specialized", "structured"
 VTAB_GROUPS = (NATURAL, SPECIALIZED, STRUCTURED)
@@ -143,11 +145,17 @@ def load_vtab(
         cache=cache,
         quiet=quiet,
     )
-    task = Task(
-        name=name, classes=classes, group=group, normalization="imagenet", source=decoded.source
-    )
+    protocol = get_format(VTAB).protocol()
+    task = Task(name=name, classes=classes, group=group, source=decoded.source, **protocol)
     for split, entries in lists.items():
         rows = [index[rel] for rel, _ in entries]
         labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
         task.splits[split] = Split(rows_of(decoded.images, rows), labels)
     return task
+
+
+def load_spec(spec: DataSpec, image_size: int, options: LoadOptions) -> Task:
+    """The format's loader (see :mod:`e2vpt.data.formats`)."""
+    return load_vtab(
+        spec.path or "", image_size, options.progress, cache=options.cache, quiet=options.quiet
+    )

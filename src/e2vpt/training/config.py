@@ -12,8 +12,8 @@ from typing import Any
 import yaml
 
 from e2vpt.backbones.demo import DEMO_BACKBONE
-from e2vpt.data import BUILTIN_PREFIX, CIFAR_LT, FGVC_PREFIX, VTAB_PREFIX
 from e2vpt.data.augment import AUGMENTATIONS
+from e2vpt.data.spec import DataSpec
 from e2vpt.inference import parse_device
 from e2vpt.methods.base import ConfigError, MethodConfig, get_method, method_config
 from e2vpt.model import HEAD_INITS
@@ -253,17 +253,8 @@ class TrainConfig:
 
 def absolute_data_spec(spec: str) -> str:
     """``vtab:rel/path`` → ``vtab:/abs/rel/path`` (every folder-backed kind); built-in
-    task names are left as they are."""
-    if spec.startswith(BUILTIN_PREFIX):
-        return spec
-    for prefix in (VTAB_PREFIX, FGVC_PREFIX):
-        if spec.startswith(prefix):
-            return prefix + os.path.abspath(spec.removeprefix(prefix))
-    if match := CIFAR_LT.match(spec):
-        return f"cifar100-lt{match[1]}:{os.path.abspath(match[2])}"
-    if spec.startswith("cifar100-lt"):
-        return spec  # malformed: load_task names the problem
-    return os.path.abspath(spec)
+    task names are left as they are. Kept for its callers: :class:`DataSpec` is the home."""
+    return str(DataSpec.parse(spec).absolute())
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
