@@ -242,7 +242,7 @@ class PromptedViT(PromptedModel):
         last = len(bb.blocks) - 1
         for layer, block in enumerate(bb.blocks):
             if slots:
-                x = _insert_sample_prompts(x, groups, layer, slots, npt)
+                x = _insert_sample_prompts(x, groups, counts, layer, npt)
             kv = [(_kv_at(model, layer), rows) for model, rows in groups]
             extra_kv, valid, kv_padded = _sample_kv(block.attn, kv, token_valid, x)
             mask = valid[:, None, None, :] if tokens_padded or kv_padded else None
@@ -264,16 +264,17 @@ def _kv_at(model: PromptedViT, layer: int) -> KVPrompts | None:
 
 
 def _insert_sample_prompts(
-    x: torch.Tensor, groups: Sequence[TaskRows], layer: int, slots: int, npt: int
+    x: torch.Tensor, groups: Sequence[TaskRows], counts: list[int], layer: int, npt: int
 ) -> torch.Tensor:
-    """``x`` with each sample's prompts of ``layer`` in the ``slots`` after the prefix:
-    inserted at layer 0, replacing the previous outputs where the task's are deep (a
-    shallow task's prompt outputs carry on), as :meth:`PromptedViT._insert_prompts`."""
+    """``x`` with each sample's prompts of ``layer`` (``counts``: each task's, padded to
+    the most) after the prefix: inserted at layer 0, replacing the previous outputs where
+    the task's are deep (a shallow task's prompt outputs carry on), as
+    :meth:`PromptedViT._insert_prompts`."""
+    slots = max(counts)
     fresh = x.new_zeros(x.shape[0], slots, x.shape[-1])
     deep = torch.zeros(x.shape[0], 1, 1, dtype=torch.bool, device=x.device)
-    for model, rows in groups:
+    for (model, rows), count in zip(groups, counts, strict=True):
         prompts = model.visual_prompts
-        count = _visual_prompt_count(model)
         if count and (layer == 0 or prompts.num_layers > 1):
             fresh[rows, :count] = prompts(layer, len(rows)).to(x.dtype)
             deep[rows] = prompts.num_layers > 1
