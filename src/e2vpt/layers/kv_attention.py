@@ -48,8 +48,9 @@ class KVPrompts(nn.Module):
     """The ``tokens`` learnable keys (and values) of one attention, per head.
 
     They live in the wrapped model, not in the backbone: the model's forward hands
-    them to :func:`attention_with_kv_prompts`, so the backbone's modules stay as timm
-    built them and one backbone object can serve many models."""
+    :meth:`keys_values` to the attention (:mod:`e2vpt.layers.attention`), so the
+    backbone's modules stay as timm built them and one backbone object can serve many
+    models."""
 
     def __init__(
         self, num_heads: int, head_dim: int, tokens: int, shared: bool = True, init: str = "heads"
