@@ -378,9 +378,9 @@ def check_close(got: torch.Tensor, want: torch.Tensor, precision: str) -> None:
 def test_kv_prompt_attention_on_the_device_equals_the_fp64_reference(
     kernel: str, mask: str, precision: str, gpu_device: torch.device, exact_fp32: None
 ) -> None:
-    """``attention_with_kv_prompts`` always goes through SDPA; each kernel SDPA may pick
-    on the device (forced here), with and without a padding mask and bf16 autocast,
-    gives the reference result."""
+    """``attention_with_kv_prompts`` goes through SDPA (timm's default ``fused_attn``);
+    each kernel SDPA may pick on the device (forced here), with and without a padding
+    mask and bf16 autocast, gives the reference result."""
     if kernel in ("efficient", "flash"):
         require_cuda(gpu_device, f"the {kernel} SDPA kernel is CUDA's")
     torch.manual_seed(0)

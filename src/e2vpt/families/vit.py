@@ -5,16 +5,23 @@ its forward; the backbone's modules are called, never replaced."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from timm.models.vision_transformer import global_pool_nlc
 from torch import nn
 
 from e2vpt.errors import ConfigError
-from e2vpt.families.base import register_family
+from e2vpt.families.base import TaskRows, register_family
+from e2vpt.layers.attention import ExtraKV, block_forward, supports_block_forward
 from e2vpt.layers.class_token_block import class_token_block_forward, supports_class_token_block
-from e2vpt.layers.kv_attention import block_with_kv_prompts, make_kv_prompts
+from e2vpt.layers.kv_attention import (
+    KVPrompts,
+    kv_tokens,
+    make_kv_prompts,
+    per_sample_kv,
+)
 from e2vpt.layers.prompts import VisualPrompts
 from e2vpt.model import PromptedModel
 
@@ -39,6 +46,8 @@ class PromptedViT(PromptedModel):
     legacy_renames = (
         (r"^backbone\.blocks\.(\d+)\.attn\.((key|value)_prompt)$", r"kv_prompts.\1.\2"),
     )
+    # a shared multi-task pass pools by the class token (its last block: that token only)
+    shared_pools: ClassVar[tuple[str, ...]] = ("token",)
 
     @classmethod
     def accepts(cls, backbone: nn.Module) -> bool:
@@ -177,11 +186,11 @@ class PromptedViT(PromptedModel):
         last = len(bb.blocks) - 1
         for index, block in enumerate(bb.blocks):
             x = self._insert_prompts(x, index)
-            kv = None if self.kv_prompts is None else self.kv_prompts[index]
+            kv = _kv_at(self, index)
             if index == last and class_token_only and supports_class_token_block(block):
                 x = self._run_block(class_token_block_forward, block, x, kv)
             elif kv is not None:
-                x = self._run_block(block_with_kv_prompts, block, x, kv)
+                x = self._run_block(block_forward, block, x, kv.keys_values())
             else:
                 x = self._run_block(block, x)
         return x if self.norm_after_pool else bb.norm(x)
@@ -206,3 +215,90 @@ class PromptedViT(PromptedModel):
         shortcut = self.class_token_shortcut and self.global_pool == "token"
         features = self.forward_class_token(x) if shortcut else self.forward_features(x)
         return self.pool(features)
+
+    # -- many tasks in one pass (e2vpt.multitask) ------------------------------------
+    @classmethod
+    def multitask_pass(
+        cls, backbone: nn.Module, groups: Sequence[TaskRows], images: torch.Tensor
+    ) -> torch.Tensor:
+        """Each sample's class-token features (B, D) from one pass of ``backbone``, with
+        its own task's visual and key-value prompts: tasks with fewer are padded to the
+        batch's most and the padding is masked out of every attention."""
+        bb = backbone
+        for block in bb.blocks:
+            if not supports_block_forward(block):
+                raise ConfigError(
+                    "MultiTaskModel needs timm's standard Block (or ResPostBlock) and "
+                    f"Attention; the backbone has {type(block).__name__}"
+                )
+        counts = [_visual_prompt_count(model) for model, _ in groups]
+        slots, npt = max(counts), int(bb.num_prefix_tokens)
+        x = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(images))))
+        # which of the tokens each sample attends to: prefix, its own prompts, patches
+        token_valid = x.new_ones(x.shape[0], x.shape[1] + slots, dtype=torch.bool)
+        for (_, rows), count in zip(groups, counts, strict=True):
+            token_valid[rows, npt + count : npt + slots] = False
+        tokens_padded = min(counts) < slots
+        last = len(bb.blocks) - 1
+        for layer, block in enumerate(bb.blocks):
+            if slots:
+                x = _insert_sample_prompts(x, groups, counts, layer, npt)
+            kv = [(_kv_at(model, layer), rows) for model, rows in groups]
+            extra_kv, valid, kv_padded = _sample_kv(block.attn, kv, token_valid, x)
+            mask = valid[:, None, None, :] if tokens_padded or kv_padded else None
+            only = layer == last and supports_class_token_block(block)
+            x = block_forward(block, x, extra_kv, mask, class_token_only=only)
+        return groups[0][0].pool(bb.norm(x))
+
+
+def _visual_prompt_count(model: PromptedViT) -> int:
+    """How many visual prompts the model inserts (after pruning's removals)."""
+    prompts = model.visual_prompts
+    if prompts is None or prompts.tokens == 0:
+        return 0
+    return int(prompts(0, 1).shape[1])
+
+
+def _kv_at(model: PromptedViT, layer: int) -> KVPrompts | None:
+    return None if model.kv_prompts is None else model.kv_prompts[layer]
+
+
+def _insert_sample_prompts(
+    x: torch.Tensor, groups: Sequence[TaskRows], counts: list[int], layer: int, npt: int
+) -> torch.Tensor:
+    """``x`` with each sample's prompts of ``layer`` (``counts``: each task's, padded to
+    the most) after the prefix: inserted at layer 0, replacing the previous outputs where
+    the task's are deep (a shallow task's prompt outputs carry on), as
+    :meth:`PromptedViT._insert_prompts`."""
+    slots = max(counts)
+    fresh = x.new_zeros(x.shape[0], slots, x.shape[-1])
+    deep = torch.zeros(x.shape[0], 1, 1, dtype=torch.bool, device=x.device)
+    for (model, rows), count in zip(groups, counts, strict=True):
+        prompts = model.visual_prompts
+        if count and (layer == 0 or prompts.num_layers > 1):
+            fresh[rows, :count] = prompts(layer, len(rows)).to(x.dtype)
+            deep[rows] = prompts.num_layers > 1
+    if layer == 0:
+        return torch.cat([x[:, :npt], fresh, x[:, npt:]], dim=1)
+    kept = x[:, npt : npt + slots]
+    return torch.cat([x[:, :npt], torch.where(deep, fresh, kept), x[:, npt + slots :]], 1)
+
+
+def _sample_kv(
+    attn: nn.Module,
+    prompts_of_rows: list[tuple[KVPrompts | None, list[int]]],
+    token_valid: torch.Tensor,
+    x: torch.Tensor,
+) -> tuple[ExtraKV | None, torch.Tensor, bool]:
+    """Each sample's key-value prompts of one attention, padded to the batch's most
+    (None: no task has any), which keys (tokens, then prompts) each sample sees, and
+    whether any sample has padding among its prompts."""
+    counts = [kv_tokens(prompts) for prompts, _ in prompts_of_rows]
+    slots = max(counts)
+    if slots == 0:
+        return None, token_valid, False
+    extra_kv = per_sample_kv(prompts_of_rows, slots, attn.num_heads, attn.head_dim, x)
+    kv_valid = token_valid.new_ones(token_valid.shape[0], slots)
+    for (_, rows), count in zip(prompts_of_rows, counts, strict=True):
+        kv_valid[rows, count:] = False
+    return extra_kv, torch.cat([token_valid, kv_valid], dim=1), min(counts) < slots

@@ -1,22 +1,26 @@
 """Key-value prompts (E²VPT): extra keys/values in every self-attention, queries untouched.
 
-The prompts are parameters of the wrapped model; the attention is timm's own
-``Attention`` called with them (its ``qkv``, norms and ``proj``), so no ViT code is
-copied and the backbone is never rewired. Attention goes through
-``F.scaled_dot_product_attention``.
+The prompts are parameters of the wrapped model; the attention that takes them is
+:func:`e2vpt.layers.attention.attention_forward` (timm's ``Attention`` called for its
+``qkv``, norms, gate and ``proj``), so the backbone is never rewired.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.layers import Attention
-from timm.models.vision_transformer import Block, ResPostBlock
 from torch import nn
 
 from e2vpt.errors import ConfigError
+from e2vpt.layers.attention import (
+    BLOCK_TYPES,
+    ExtraKV,
+    attention_forward,
+    block_forward,
+    supports_block_forward,
+)
 
 # heads: Kaiming-uniform on the (heads, m, head_dim) tensor, fan-in m·head_dim, bound
 # √(6/(m·head_dim)) (the official E²VPT code); width: on the (m, d) view, bound √(6/d)
@@ -44,8 +48,9 @@ class KVPrompts(nn.Module):
     """The ``tokens`` learnable keys (and values) of one attention, per head.
 
     They live in the wrapped model, not in the backbone: the model's forward hands
-    them to :func:`attention_with_kv_prompts`, so the backbone's modules stay as timm
-    built them and one backbone object can serve many models."""
+    :meth:`keys_values` to the attention (:mod:`e2vpt.layers.attention`), so the
+    backbone's modules stay as timm built them and one backbone object can serve many
+    models."""
 
     def __init__(
         self, num_heads: int, head_dim: int, tokens: int, shared: bool = True, init: str = "heads"
@@ -59,13 +64,22 @@ class KVPrompts(nn.Module):
         if not shared:
             self.value_prompt = nn.Parameter(init_kv_prompt(*shape_args))
 
+    def keys_values(self) -> ExtraKV:
+        """The key and value prompts, (heads, tokens, head_dim) each (shared: one tensor)."""
+        value = self.key_prompt if self.value_prompt is None else self.value_prompt
+        return self.key_prompt, value
+
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B', heads, N, head_dim) keys and values with the prompts appended: N + tokens."""
         batch = k.shape[0]
-        value_src = self.key_prompt if self.value_prompt is None else self.value_prompt
-        key_prompt = self.key_prompt.to(k.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+        key_src, value_src = self.keys_values()
+        key_prompt = key_src.to(k.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
         value_prompt = value_src.to(v.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
         return torch.cat([k, key_prompt], dim=2), torch.cat([v, value_prompt], dim=2)
+
+
+# the block types key-value prompts go into (kept under its old name)
+KV_BLOCKS = BLOCK_TYPES
 
 
 def attention_with_kv_prompts(
@@ -74,46 +88,40 @@ def attention_with_kv_prompts(
     kv: KVPrompts,
     attn_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """timm ``Attention`` on ``x`` (B, N, C) with ``kv``'s keys/values appended; every
-    sub-module of ``attn`` is called (``qkv`` may be a method's wrapper)."""
-    B, N, _ = x.shape
-    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
-    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    k, v = kv.extend(k, v)
-    if attn_mask is not None:
-        # the prompt keys are visible to every query
-        pad_value: bool | float = True if attn_mask.dtype == torch.bool else 0.0
-        attn_mask = F.pad(attn_mask, (0, kv.tokens), value=pad_value)
-    out = F.scaled_dot_product_attention(
-        q,
-        k,
-        v,
-        attn_mask=attn_mask,
-        dropout_p=attn.attn_drop.p if attn.training else 0.0,
-        scale=attn.scale if hasattr(attn, "scale") else 1.0 / math.sqrt(attn.head_dim),
-    )
-    out = out.transpose(1, 2).reshape(B, N, attn.num_heads * attn.head_dim)
-    out = attn.norm(out)
-    if gate is not None:
-        out = out * gate
-    return attn.proj_drop(attn.proj(out))
-
-
-# the block types whose forward is restated here with the prompts passed to attention:
-# timm's pre-norm Block and post-norm ResPostBlock (their own sub-modules, in their order)
-KV_BLOCKS = (Block, ResPostBlock)
+    """timm ``Attention`` on ``x`` (B, N, C) with ``kv``'s keys/values appended
+    (:func:`~e2vpt.layers.attention.attention_forward`)."""
+    return attention_forward(attn, x, kv.keys_values(), attn_mask)
 
 
 def block_with_kv_prompts(block: nn.Module, x: torch.Tensor, kv: KVPrompts) -> torch.Tensor:
     """``block(x)`` with ``kv`` appended to its attention's keys and values."""
-    if type(block) is ResPostBlock:
-        x = x + block.drop_path1(block.norm1(attention_with_kv_prompts(block.attn, x, kv)))
-        return x + block.drop_path2(block.norm2(block.mlp(x)))
-    attended = attention_with_kv_prompts(block.attn, block.norm1(x), kv)
-    x = x + block.drop_path1(block.ls1(attended))
-    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    return block_forward(block, x, kv.keys_values())
+
+
+def per_sample_kv(
+    prompts_of_rows: Sequence[tuple[KVPrompts | None, list[int]]],
+    slots: int,
+    heads: int,
+    head_dim: int,
+    like: torch.Tensor,
+) -> ExtraKV:
+    """Each sample's key-value prompts for one attention, zero-padded to ``slots``:
+    keys and values (B, heads, slots, head_dim), B and dtype those of ``like``, for a
+    batch whose samples bring different prompts (the padding is masked by the caller)."""
+    keys = like.new_zeros(like.shape[0], heads, slots, head_dim)
+    values = torch.zeros_like(keys)
+    for prompts, rows in prompts_of_rows:
+        if prompts is None:
+            continue
+        key, value = prompts.keys_values()
+        keys[rows, :, : prompts.tokens] = key.to(like.dtype)
+        values[rows, :, : prompts.tokens] = value.to(like.dtype)
+    return keys, values
+
+
+def kv_tokens(prompts: KVPrompts | None) -> int:
+    """How many key-value prompts ``prompts`` adds (none: 0)."""
+    return 0 if prompts is None else int(prompts.tokens)
 
 
 def make_kv_prompts(
@@ -124,7 +132,7 @@ def make_kv_prompts(
     out = nn.ModuleList()
     for index, block in enumerate(blocks):
         attn = getattr(block, "attn", None)
-        if type(block) not in KV_BLOCKS or not isinstance(attn, Attention):
+        if not supports_block_forward(block):
             raise ConfigError(
                 f"key-value prompts need timm's standard Block and Attention in every block; "
                 f"block {index} is a {type(block).__name__} with {type(attn).__name__}. Use a "
