@@ -6,14 +6,14 @@ same class in both."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from e2vpt.data.core import note
 from e2vpt.data.spec import DataSpec
 from e2vpt.errors import CheckpointError, ConfigError
 from e2vpt.files import atomic_write_text
+from e2vpt.settings import setting
 
 
 @dataclass(frozen=True)
@@ -32,17 +32,33 @@ class EvalResult:
         return {"top-1 %": round(100 * self.top1, 2)}
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How ``evaluate`` scores a run (every field is a flag of ``e2vpt eval``)."""
+
+    data: str | None = setting(None, "task to evaluate on (default: the run's own)")
+    split: str = setting("test", "the task split to score")
+    batch_size: int = setting(256, "images per forward")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    weights: str | None = setting(
+        None,
+        "the backbone's weights file, when the path the run stored does not hold it here "
+        "(a run made on another machine)",
+    )
+    precision: str = setting("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")
+    ignore_class_names: bool = setting(
+        False,
+        "score even when the data's class names differ from the run's (labels are then "
+        "taken to mean the same classes by position)",
+    )
+
+
 def evaluate(
-    run_dir: str | os.PathLike[str],
-    data: str | None = None,
-    split: str = "test",
-    batch_size: int = 256,
-    device: str = "auto",
-    weights: str | None = None,
-    precision: str = "auto",
-    ignore_class_names: bool = False,
+    run_dir: str | os.PathLike[str], settings: EvalSettings | None = None, **options: Any
 ) -> EvalResult:
-    """Top-1 of a finished run on ``data`` (default: the task it was trained on)."""
+    """Top-1 of a finished run on ``settings.data`` (default: the task it was trained
+    on); ``options`` override single settings: ``evaluate(run, split="val")``."""
+    settings = replace(settings or EvalSettings(), **options)
     from e2vpt.backbones import backbone_for_run
     from e2vpt.checkpoint import load, read_config
     from e2vpt.data import load_task
@@ -52,9 +68,9 @@ def evaluate(
     run_dir = Path(run_dir)
     require_complete(run_dir, "evaluate")
     meta = read_config(run_dir)
-    data, data_seed, val_fraction = _data_for(run_dir, data)
-    torch_device = resolve_device(device)
-    model = load(run_dir, backbone=backbone_for_run(meta, weights, run_dir))
+    data, data_seed, val_fraction = _data_for(run_dir, settings.data)
+    torch_device = resolve_device(settings.device)
+    model = load(run_dir, backbone=backbone_for_run(meta, settings.weights, run_dir))
     image_size, normalizer = model_data_settings(model)
     task = load_task(data, image_size, seed=data_seed, val_fraction=val_fraction)
     if task.num_classes != meta["num_classes"]:
@@ -62,17 +78,23 @@ def evaluate(
             f"{data} has {task.num_classes} classes but the checkpoint in {run_dir} has a "
             f"{meta['num_classes']}-class head; evaluate on the task it was trained for"
         )
-    check_class_names(model.class_names, task.classes, data, run_dir, ignore_class_names)
+    check_class_names(model.class_names, task.classes, data, run_dir, settings.ignore_class_names)
     model = model.to(torch_device)
+    split = task.split(settings.split)
     accuracy = top1(
-        model, task.split(split), normalizer.to(torch_device), torch_device, precision, batch_size
+        model,
+        split,
+        normalizer.to(torch_device),
+        torch_device,
+        settings.precision,
+        settings.batch_size,
     )
     return EvalResult(
         run=str(run_dir),
         method=meta["method"],
         data=data,
-        split=split,
-        images=len(task.split(split)),
+        split=settings.split,
+        images=len(split),
         top1=accuracy,
     )
 
@@ -103,6 +125,8 @@ def check_class_names(
 ) -> None:
     """Label i must mean the same class in the data as in the run."""
     if trained is None:
+        from e2vpt.data.core import note
+
         note(
             f"{run_dir} stores no class names (saved before e2vpt stored them); assuming "
             f"{data}'s labels mean the run's classes"
