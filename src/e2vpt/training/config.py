@@ -180,21 +180,13 @@ class TrainConfig:
 
     def with_absolute_paths(self) -> TrainConfig:
         """The config with ``weights``, the data folder and ``output_dir`` made absolute,
-        so a stored run can be evaluated, pruned or resumed from anywhere."""
+        so a stored run can be evaluated, pruned or resumed from anywhere (and compared:
+        :func:`e2vpt.runs.setting_differences`)."""
         weights = None if self.weights is None else os.path.abspath(self.weights)
         output_dir = None if self.output_dir is None else os.path.abspath(self.output_dir)
         return dataclasses.replace(
             self, weights=weights, data=absolute_data_spec(self.data), output_dir=output_dir
         )
-
-    def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
-        """Fields (runtime ones apart) whose values differ: name → (mine, other's)."""
-        mine, theirs = self.with_absolute_paths().to_dict(), other.with_absolute_paths().to_dict()
-        return {
-            k: (mine[k], theirs[k])
-            for k in mine
-            if k not in RUNTIME_FIELDS and mine[k] != theirs[k]
-        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
