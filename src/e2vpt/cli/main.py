@@ -44,10 +44,19 @@ from e2vpt.pruning.importance import SCORE_DEFINITIONS, SCORE_MODES
 from e2vpt.pruning.search import PruneSettings
 from e2vpt.recipes import PRUNE_CHOICES, RECIPES, choices_table
 from e2vpt.reporting import format_table, write_json
-from e2vpt.run_folder import fresh_folder, readable_name, require_complete
+from e2vpt.runs import (
+    TRAIN_CONFIG_FILE,
+    eval_result_file,
+    fresh_folder,
+    has_train_config,
+    read_train_config,
+    readable_name,
+    require_complete,
+    resumed_settings,
+)
 from e2vpt.sweeps.protocol import ADAMW_BASE_LRS, SweepError, SweepSettings
 from e2vpt.sweeps.ray_engine import RaySettings
-from e2vpt.training.config import QUICKSTART, RUNTIME_FIELDS, TrainConfig, absolute_data_spec
+from e2vpt.training.config import QUICKSTART, TrainConfig, absolute_data_spec
 from e2vpt.wrapping import wrap
 
 # every error a user can fix derives from E2VPTError (see e2vpt.errors)
@@ -639,32 +648,29 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def resumed_config(args: argparse.Namespace) -> TrainConfig:
-    """``--resume``: the run folder's own config; flags may change runtime fields only."""
+    """``--resume``: the run folder's own config; flags may change runtime fields only
+    (paths compared in their absolute form: ``--data data`` matches the stored one)."""
     given = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG_FLAGS}
     if args.config is not None:
         raise ConfigError("--resume reads the settings from the run folder; drop --config")
     out = given.pop("output_dir", None)
     if out is None:
         raise ConfigError("--resume needs --output-dir RUN_FOLDER (the run to continue)")
-    if not (Path(out) / "train_config.yaml").is_file():
+    if not has_train_config(out):
         raise ConfigError(
-            f"{out} holds no run to resume (no train_config.yaml); start it without --resume"
+            f"{out} holds no run to resume (no {TRAIN_CONFIG_FILE}); start it without --resume"
         )
-    saved = TrainConfig.from_run_folder(out)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    method_values = saved.build_method_config().to_dict()
-    changes: dict[str, Any] = {"output_dir": out}
-    for key, value in given.items():
-        current = getattr(saved, key) if key in fields else method_values.get(key)
-        if key in RUNTIME_FIELDS:
-            changes[key] = value
-        elif value != current:
-            raise ConfigError(
-                f"--resume continues {out} as it was started: {_flag(key)} {value} differs "
-                f"from the run's {current}; drop the flag, or start a new run (--overwrite, "
-                "or another --output-dir)"
-            )
-    cfg = dataclasses.replace(saved, **changes)
+    cfg, differs = resumed_settings(read_train_config(out), given)
+    if differs:
+        shown = ", ".join(
+            f"{_flag(k)} {given.get(k, now)} differs from the run's {then}"
+            for k, (then, now) in differs.items()
+        )
+        raise ConfigError(
+            f"--resume continues {out} as it was started: {shown}; drop the flag, or start a "
+            "new run (--overwrite, or another --output-dir)"
+        )
+    cfg = dataclasses.replace(cfg, output_dir=out)
     cfg.validate()
     return cfg
 
@@ -770,17 +776,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     require_complete(args.run_dir, "evaluate")
     meta = read_config(args.run_dir)
-    run_cfg_path = args.run_dir / "train_config.yaml"
     data = args.data
     data_seed, val_fraction = 0, None
-    if run_cfg_path.is_file():
-        run_cfg = TrainConfig.from_run_folder(args.run_dir)
+    if has_train_config(args.run_dir):
+        run_cfg = read_train_config(args.run_dir)
         data = data or run_cfg.data
         data_seed = run_cfg.data_seed
         if absolute_data_spec(data) == run_cfg.data:  # its own data: the val it held out
             val_fraction = run_cfg.val_fraction
     if data is None:
-        raise ConfigError(f"{args.run_dir} has no train_config.yaml; pass --data")
+        raise ConfigError(f"{args.run_dir} has no {TRAIN_CONFIG_FILE}; pass --data")
     device = resolve_device(args.device)
     model = load(args.run_dir, backbone=_backbone_for(meta, args.weights, args.run_dir))
     image_size, normalizer = model_data_settings(model)
@@ -810,7 +815,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     }
     print(format_table([row]))
     # named by dataset and split: evaluating on other data never replaces a result
-    path = args.run_dir / f"eval_{_data_label(data)}_{args.split}.json"
+    path = args.run_dir / eval_result_file(_data_label(data), args.split)
     write_json(path, row)
     print(f"\nwritten: {path}")
     return 0
