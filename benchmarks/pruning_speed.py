@@ -28,9 +28,9 @@ from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 import e2vpt
-from e2vpt.checkpoint import TENSORS_FILE
 from e2vpt.pruning import ImportanceScores, apply_plan, make_plan
 from e2vpt.reporting import format_table, write_csv, write_json
+from e2vpt.runs import ADAPTER_TENSORS_FILE
 
 BACKBONES = {"demo": "demo_vit_cifar10", "vit-b16": "vit_base_patch16_224"}
 
@@ -121,7 +121,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
                 counts = e2vpt.count_parameters(model)
                 with tempfile.TemporaryDirectory() as tmp:
                     e2vpt.save(model, tmp)
-                    kib = (Path(tmp) / TENSORS_FILE).stat().st_size / 1024
+                    kib = (Path(tmp) / ADAPTER_TENSORS_FILE).stat().st_size / 1024
                 model = model.eval().to(device)
                 batch = torch.randn(args.batch_size, 3, *size, device=device)
                 one = batch[:1].contiguous()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 
 from e2vpt.data import Split, Task, load_builtin
+from e2vpt.data.cache import CACHE_ENV
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -78,13 +79,36 @@ BACKBONE_FAMILIES: dict[str, Callable[..., torch.nn.Module]] = {
 }
 
 
+HOME_CACHE = Path.home() / ".cache" / "e2vpt"
+
+
+def _home_cache_entries() -> set[str]:
+    """``~/.cache/e2vpt``'s entries two levels down (``data/<entry>``): cheap to list."""
+    if not HOME_CACHE.is_dir():
+        return set()
+    return {str(p.relative_to(HOME_CACHE)) for p in HOME_CACHE.glob("*/*")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_cache_in_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Nothing a test starts writes into the user's ~/.cache/e2vpt: a decoded-data cache
+    for the whole session, in place before any module fixture starts a process (a Ray
+    cluster's workers inherit it), and a check at the end that ~ gained nothing."""
+    before = _home_cache_entries()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("session-data-cache")))
+        yield
+    gained = sorted(_home_cache_entries() - before)
+    assert not gained, f"the tests wrote into {HOME_CACHE}: {gained}"
+
+
 @pytest.fixture(autouse=True)
 def data_cache_dir(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
     """Each test its own decoded-data cache: none touches ~/.cache, none reads another's."""
     path = tmp_path_factory.mktemp("data-cache")
-    monkeypatch.setenv("E2VPT_CACHE_DIR", str(path))
+    monkeypatch.setenv(CACHE_ENV, str(path))
     return path
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import e2vpt
-from e2vpt.checkpoint import CONFIG_FILE, TENSORS_FILE
+from e2vpt.runs import ADAPTER_CONFIG_FILE, ADAPTER_TENSORS_FILE
 from tests.conftest import make_tiny_vit
 from tests.methods.test_semantics import ALL_CONFIGS
 
@@ -41,11 +41,11 @@ def test_file_holds_only_the_tunable_tensors(tmp_path: Path) -> None:
     e2vpt.save(model, tmp_path)
     tunable = e2vpt.count_parameters(model).tunable
     masks = 4 + 4 * 16
-    size = (tmp_path / TENSORS_FILE).stat().st_size
+    size = (tmp_path / ADAPTER_TENSORS_FILE).stat().st_size
     assert 4 * (tunable + masks) <= size <= 4 * (tunable + masks) + 2048
     backbone_bytes = 4 * e2vpt.count_parameters(model).backbone
     assert size < backbone_bytes / 10
-    meta = json.loads((tmp_path / CONFIG_FILE).read_text())
+    meta = json.loads((tmp_path / ADAPTER_CONFIG_FILE).read_text())
     assert meta["method"] == "e2vpt" and meta["num_classes"] == 7
     assert meta["backbone"] == "tiny_test_vit"
     assert not list(tmp_path.glob("*.tmp"))  # nothing half-written left behind
@@ -83,17 +83,17 @@ def test_wrong_class_count_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_corrupt_files_are_clear_errors(tmp_path: Path) -> None:
     e2vpt.save(e2vpt.wrap(make_tiny_vit(), e2vpt.LinearConfig(), 7), tmp_path)
-    tensors = tmp_path / TENSORS_FILE
+    tensors = tmp_path / ADAPTER_TENSORS_FILE
     blob = tensors.read_bytes()
     tensors.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(e2vpt.CheckpointError, match="corrupt"):
         e2vpt.load(tmp_path, backbone=make_tiny_vit())
-    meta = json.loads((tmp_path / CONFIG_FILE).read_text())
+    meta = json.loads((tmp_path / ADAPTER_CONFIG_FILE).read_text())
     meta.pop("sha256")
-    (tmp_path / CONFIG_FILE).write_text(json.dumps(meta))
+    (tmp_path / ADAPTER_CONFIG_FILE).write_text(json.dumps(meta))
     with pytest.raises(e2vpt.CheckpointError, match="corrupt"):
         e2vpt.load(tmp_path, backbone=make_tiny_vit())
-    (tmp_path / CONFIG_FILE).write_text("{not json")
+    (tmp_path / ADAPTER_CONFIG_FILE).write_text("{not json")
     with pytest.raises(e2vpt.CheckpointError, match="not valid JSON"):
         e2vpt.load(tmp_path, backbone=make_tiny_vit())
     with pytest.raises(e2vpt.CheckpointError, match="not an e2vpt checkpoint"):
@@ -103,7 +103,8 @@ def test_corrupt_files_are_clear_errors(tmp_path: Path) -> None:
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:
     good = e2vpt.wrap(make_tiny_vit(), e2vpt.LinearConfig(), 7)
     e2vpt.save(good, tmp_path)
-    before = (tmp_path / TENSORS_FILE).read_bytes(), (tmp_path / CONFIG_FILE).read_text()
+    files = tmp_path / ADAPTER_TENSORS_FILE, tmp_path / ADAPTER_CONFIG_FILE
+    before = files[0].read_bytes(), files[1].read_text()
 
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
@@ -111,6 +112,6 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) 
     monkeypatch.setattr("e2vpt.checkpoint.save_file", broken)
     with pytest.raises(OSError, match="disk full"):
         e2vpt.save(trained_like(good), tmp_path)
-    after = (tmp_path / TENSORS_FILE).read_bytes(), (tmp_path / CONFIG_FILE).read_text()
+    after = files[0].read_bytes(), files[1].read_text()
     assert before == after
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_FILE, TENSORS_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ADAPTER_CONFIG_FILE, ADAPTER_TENSORS_FILE]

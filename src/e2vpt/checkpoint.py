@@ -21,15 +21,15 @@ from e2vpt.families import backbone_signature
 from e2vpt.files import atomic_write_bytes, atomic_write_text, check_writable, publish
 from e2vpt.methods.base import ConfigError, get_method, method_config
 from e2vpt.model import PromptedModel, backbone_fingerprint
-from e2vpt.run_folder import inspect_folder
+from e2vpt.runs import ADAPTER_CONFIG_FILE, ADAPTER_TENSORS_FILE, inspect_folder
+from e2vpt.runs import read_adapter_config as read_config
 from e2vpt.state import diff_state
 from e2vpt.wrapping import wrap
 
-TENSORS_FILE = "adapter.safetensors"
-CONFIG_FILE = "adapter.json"
 FORMAT_VERSION = 1
-# the atomic file helpers, re-exported for code written against this module
-__all__ = ["atomic_write_bytes", "atomic_write_text", "check_writable"]
+# the atomic file helpers and the recipe reader, re-exported for code written against
+# this module (the file names live in e2vpt.runs)
+__all__ = ["atomic_write_bytes", "atomic_write_text", "check_writable", "read_config"]
 
 
 SPARSE_PREFIX = "visual_prompts."
@@ -71,7 +71,7 @@ def save(model: PromptedModel, directory: str | os.PathLike[str]) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = tunable_state(model)
-    fd, tmp = tempfile.mkstemp(prefix=f".{TENSORS_FILE}.", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{ADAPTER_TENSORS_FILE}.", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"format": "pt", "e2vpt_format": str(FORMAT_VERSION)})
@@ -95,30 +95,12 @@ def save(model: PromptedModel, directory: str | os.PathLike[str]) -> Path:
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
             "sha256": digest,
         }
-        publish(tmp, directory / TENSORS_FILE)
+        publish(tmp, directory / ADAPTER_TENSORS_FILE)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    atomic_write_text(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(directory / ADAPTER_CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return directory
-
-
-def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    directory = Path(directory)
-    path = directory / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(
-            f"no {CONFIG_FILE} in {directory}: not an e2vpt checkpoint folder "
-            "(e2vpt.save / `e2vpt train` write one)"
-        )
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is corrupt (not valid JSON: {err})") from err
-    for key in ("method", "method_config", "num_classes", "backbone"):
-        if key not in meta:
-            raise CheckpointError(f"{path} is corrupt or from another tool: no {key!r} field")
-    return meta
 
 
 def load(
@@ -149,14 +131,14 @@ def load(
             f"classes were asked for; evaluate on a dataset with {saved_classes} classes or "
             "train a new head"
         )
-    tensors_path = directory / TENSORS_FILE
+    tensors_path = directory / ADAPTER_TENSORS_FILE
     if not tensors_path.is_file():
         raise CheckpointError(f"{tensors_path} is missing; the checkpoint is incomplete")
     blob = tensors_path.read_bytes()
     if meta.get("sha256") and hashlib.sha256(blob).hexdigest() != meta["sha256"]:
         raise CheckpointError(
-            f"{tensors_path} does not match the hash in {CONFIG_FILE}: the file is corrupt "
-            "or from another save; re-save or re-train"
+            f"{tensors_path} does not match the hash in {ADAPTER_CONFIG_FILE}: the file is "
+            "corrupt or from another save; re-save or re-train"
         )
     try:
         tensors = load_file(str(tensors_path))
@@ -166,7 +148,8 @@ def load(
     if backbone is None:
         if not meta["backbone"]:
             raise CheckpointError(
-                f"{CONFIG_FILE} names no backbone; pass backbone= (the model it was trained on)"
+                f"{ADAPTER_CONFIG_FILE} names no backbone; pass backbone= (the model it was "
+                "trained on)"
             )
         backbone = create_backbone(meta["backbone"], weights=meta.get("backbone_weights"))
     signature = backbone_signature(backbone)
@@ -180,7 +163,7 @@ def load(
         raise CheckpointError(
             f"checkpoint {directory} was trained on backbone {meta['backbone']!r} but the "
             f"backbone given differs (checkpoint vs given: {diff}). Pass the backbone it was "
-            "trained on, or omit backbone= to rebuild it from adapter.json"
+            f"trained on, or omit backbone= to rebuild it from {ADAPTER_CONFIG_FILE}"
         )
     fingerprint = backbone_fingerprint(backbone)
     saved_fp = meta.get("backbone_fingerprint")
@@ -193,7 +176,7 @@ def load(
     try:
         config = method_config(meta["method"], _with_legacy_options(meta))
     except ConfigError as err:
-        raise CheckpointError(f"{CONFIG_FILE} in {directory} is invalid: {err}") from err
+        raise CheckpointError(f"{ADAPTER_CONFIG_FILE} in {directory} is invalid: {err}") from err
     model = wrap(
         backbone,
         config.for_restore(),

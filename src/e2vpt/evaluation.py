@@ -60,14 +60,14 @@ def evaluate(
     on); ``options`` override single settings: ``evaluate(run, split="val")``."""
     settings = replace(settings or EvalSettings(), **options)
     from e2vpt.backbones import backbone_for_run
-    from e2vpt.checkpoint import load, read_config
+    from e2vpt.checkpoint import load
     from e2vpt.data import load_task
     from e2vpt.inference import model_data_settings, resolve_device, top1
-    from e2vpt.run_folder import require_complete
+    from e2vpt.runs import read_adapter_config, require_complete
 
     run_dir = Path(run_dir)
     require_complete(run_dir, "evaluate")
-    meta = read_config(run_dir)
+    meta = read_adapter_config(run_dir)
     data, data_seed, val_fraction = _data_for(run_dir, settings.data)
     torch_device = resolve_device(settings.device)
     model = load(run_dir, backbone=backbone_for_run(meta, settings.weights, run_dir))
@@ -102,15 +102,15 @@ def evaluate(
 def _data_for(run_dir: Path, data: str | None) -> tuple[str, int, float | None]:
     """The data to score on, its generator seed and the val share it holds out: a run's
     own data is split as it was in training, so ``val`` is the val it held out."""
-    from e2vpt.training.config import TrainConfig
+    from e2vpt.runs import TRAIN_CONFIG_FILE, has_train_config, read_train_config
 
-    if not (run_dir / "train_config.yaml").is_file():
+    if not has_train_config(run_dir):
         if data is None:
             raise ConfigError(
-                f"{run_dir} has no train_config.yaml; set `data` to the data to score on"
+                f"{run_dir} has no {TRAIN_CONFIG_FILE}; set `data` to the data to score on"
             )
         return data, 0, None
-    run_cfg = TrainConfig.from_run_folder(run_dir)
+    run_cfg = read_train_config(run_dir)
     data = data or run_cfg.data
     own = str(DataSpec.parse(data).absolute()) == run_cfg.data
     return data, run_cfg.data_seed, run_cfg.val_fraction if own else None
@@ -148,7 +148,8 @@ def write_eval_result(result: EvalResult) -> Path:
     other data never replaces a result."""
     import json
 
-    label = DataSpec.parse(result.data).label()
-    path = Path(result.run) / f"eval_{label}_{result.split}.json"
+    from e2vpt.runs import eval_result_file
+
+    path = Path(result.run) / eval_result_file(DataSpec.parse(result.data).label(), result.split)
     atomic_write_text(path, json.dumps(result.table_row(), indent=2) + "\n")
     return path

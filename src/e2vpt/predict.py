@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from e2vpt.checkpoint import load, read_config
+from e2vpt.checkpoint import load
 from e2vpt.data import IMAGE_EXTENSIONS
 from e2vpt.data.core import read_image, resize_image
 from e2vpt.data.fgvc import fgvc_store_size
@@ -25,8 +25,13 @@ from e2vpt.data.formats import FGVC
 from e2vpt.data.spec import DataSpec
 from e2vpt.errors import DataError
 from e2vpt.inference import autocast, model_data_settings, resolve_device
-from e2vpt.run_folder import require_complete
-from e2vpt.training.config import TrainConfig
+from e2vpt.runs import (
+    TRAIN_CONFIG_FILE,
+    has_train_config,
+    read_adapter_config,
+    read_train_config,
+    require_complete,
+)
 
 # how a run's evaluation resized images, by the prefix of its data spec
 RESIZE_PLAIN, RESIZE_FGVC = "resize", "fgvc"
@@ -105,7 +110,7 @@ class Predictor:
     ) -> None:
         self.run_dir = Path(run_dir)
         require_complete(self.run_dir, "predict with")
-        meta = read_config(self.run_dir)
+        meta = read_adapter_config(self.run_dir)
         if batch_size < 1 or top_k < 1:
             raise DataError(f"batch size and top-k must be >= 1, got {batch_size} and {top_k}")
         self.device = resolve_device(device)
@@ -116,14 +121,13 @@ class Predictor:
         self.normalizer = normalizer.to(self.device)
         self.resize = RESIZE_PLAIN
         self.notes: list[str] = []
-        config_file = self.run_dir / "train_config.yaml"
-        if config_file.is_file():
-            data = TrainConfig.from_run_folder(self.run_dir).data or ""
+        if has_train_config(self.run_dir):
+            data = read_train_config(self.run_dir).data or ""
             fgvc = bool(data) and DataSpec.parse(data).kind == FGVC
             self.resize = RESIZE_FGVC if fgvc else RESIZE_PLAIN
         else:
             self.notes.append(
-                f"{self.run_dir} has no train_config.yaml: images are resized to "
+                f"{self.run_dir} has no {TRAIN_CONFIG_FILE}: images are resized to "
                 f"{self.image_size}×{self.image_size} (the VTAB / image-folder protocol)"
             )
         names = self.model.class_names

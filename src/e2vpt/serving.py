@@ -33,11 +33,11 @@ from prometheus_client import (
 )
 
 from e2vpt.backbones import create_backbone
-from e2vpt.checkpoint import read_config
 from e2vpt.data.core import resize_image
 from e2vpt.errors import ConfigError, E2VPTError
 from e2vpt.inference import model_data_settings, resolve_device
 from e2vpt.multitask import MultiTaskModel
+from e2vpt.runs import holds_checkpoint, read_adapter_config
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
 BATCHING_MODES = ("across-tasks", "per-task")
@@ -80,9 +80,9 @@ class ServeSettings:
             )
         backbones = {}
         for name, folder in self.adapters.items():
-            if not Path(folder, "adapter.json").is_file():
+            if not holds_checkpoint(folder):
                 raise ConfigError(f"--adapter {name}={folder}: no e2vpt run folder there")
-            backbones[name] = read_config(folder)["backbone"]
+            backbones[name] = read_adapter_config(folder)["backbone"]
         if len(set(backbones.values())) > 1:
             raise ConfigError(
                 f"the tasks were trained on different backbones ({backbones}); one server "
@@ -159,7 +159,7 @@ class TaskServer:
         self.settings = settings
         self.device = resolve_device(settings.device)
         first = next(iter(settings.adapters.values()))
-        backbone = create_backbone(read_config(first)["backbone"]).to(self.device)
+        backbone = create_backbone(read_adapter_config(first)["backbone"]).to(self.device)
         self.model = MultiTaskModel(backbone)
         self.normalizers: dict[str, Any] = {}
         # held while a batch runs: tasks are added and removed between batches
@@ -190,7 +190,7 @@ class TaskServer:
         folder = (root / run).resolve()
         if not folder.is_relative_to(root) or folder == root:
             raise NotAllowed(f"run {run!r} is not a folder under the server's --adapters-dir")
-        if not (folder / "adapter.json").is_file():
+        if not holds_checkpoint(folder):
             raise ConfigError(f"no e2vpt run folder {run!r} under the server's --adapters-dir")
         self.add_task(name, str(folder))
 

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import e2vpt
-from e2vpt.checkpoint import TENSORS_FILE
 from e2vpt.pruning import (
     ImportanceScores,
     PruningPlan,
@@ -20,6 +19,7 @@ from e2vpt.pruning import (
     importance_scores,
     make_plan,
 )
+from e2vpt.runs import ADAPTER_TENSORS_FILE
 from tests.conftest import make_tiny_swin, make_tiny_vit
 
 TOKENS, SEGMENTS = 4, 16  # tiny ViT: width 64 → 4 dims per segment
@@ -202,11 +202,11 @@ def test_pruned_model_saves_sparsely_and_loads_bit_identically(
 
     from safetensors.torch import load_file
 
-    stored = load_file(str(tmp_path / "pruned" / TENSORS_FILE))
+    stored = load_file(str(tmp_path / "pruned" / ADAPTER_TENSORS_FILE))
     survivors = 3 * 2 * 12 * 4  # layers × tokens × segments kept × dims per segment
     assert stored["visual_prompts.prompt_values"].numel() == survivors
     assert "visual_prompts.prompts" not in stored
-    size = lambda name: (tmp_path / name / TENSORS_FILE).stat().st_size  # noqa: E731
+    size = lambda name: (tmp_path / name / ADAPTER_TENSORS_FILE).stat().st_size  # noqa: E731
     assert size("pruned") < size("unpruned")
     counts = e2vpt.count_parameters(loaded)
     assert counts.tunable == e2vpt.count_parameters(unpruned).tunable - (3 * 4 * 64 - survivors)
@@ -320,7 +320,7 @@ def test_zero_mode_keeps_pruned_tokens_as_zeros_in_every_block(
     assert torch.equal(logits(loaded, images), got)
     from safetensors.torch import load_file
 
-    stored = load_file(str(tmp_path / "zero" / TENSORS_FILE))
+    stored = load_file(str(tmp_path / "zero" / ADAPTER_TENSORS_FILE))
     assert stored["visual_prompts.prompt_values"].numel() == 3 * 2 * 12 * 4
 
 

@@ -12,6 +12,7 @@ import pytest
 import e2vpt.sweeps.runner as runner
 from e2vpt.data import Task
 from e2vpt.methods.base import ConfigError
+from e2vpt.runs import TRIAL_RECORD_FILE
 from e2vpt.sweeps.protocol import SweepError, SweepSettings, run_sweep, select_grid_point
 from e2vpt.training.config import TrainConfig
 from tests.conftest import small_builtin_task, write_vtab_tree
@@ -149,8 +150,9 @@ def test_trials_written_before_a_speed_lever_existed_are_reused(tmp_path: Path) 
     trial = runner.Trial(kind="grid", label="lr1_wd0", run_dir=str(tmp_path), config=config)
     older = {k: v for k, v in config.items() if k not in ("grad_checkpointing", "compile")}
     old_trial = runner.Trial(kind="grid", label="lr1_wd0", run_dir=str(tmp_path), config=older)
-    (tmp_path / runner.TRIAL_FILE).write_text(json.dumps({"key": old_trial.key(), "val_top1": 0.5}))
-    assert runner.finished(trial) == {"key": old_trial.key(), "val_top1": 0.5}
+    (tmp_path / TRIAL_RECORD_FILE).write_text(json.dumps({"key": old_trial.key(), "val_top1": 0.5}))
+    record = {"key": old_trial.key(), "val_top1": 0.5, "run_dir": str(tmp_path)}
+    assert runner.finished(trial) == record
     # what the trial computes still counts
     other = runner.Trial(**{**trial.to_dict(), "config": {**config, "base_lr": 2.0}})
     assert runner.finished(other) is None

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from e2vpt.cli.main import main
+from e2vpt.data.cache import CACHE_ENV
 
 COLORS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
 
@@ -36,10 +37,22 @@ def write_color_task(folder: Path, sizes: dict[str, int], seed: int = 0) -> None
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
+def ray_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The decoded-data cache of Ray's workers: they start before any test's own cache
+    fixture, so they are given theirs explicitly (never ~/.cache)."""
+    return tmp_path_factory.mktemp("ray-data-cache")
+
+
+@pytest.fixture(scope="module")
+def local_ray(ray_cache_dir: Path) -> Iterator[None]:
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     ray = pytest.importorskip("ray", reason="the Ray extra is part of the dev environment")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {CACHE_ENV: str(ray_cache_dir)}},
+    )
     yield
     ray.shutdown()
 
@@ -129,3 +142,23 @@ def test_asha_stops_the_diverging_grid_point(
     summary = json.loads((root / "sweep.json").read_text())
     assert summary["selected"]["base_lr"] == 0.5
     assert "stopped by ASHA after 1 epoch" in (root / "sweep.md").read_text()
+
+
+def test_a_relative_output_dir_is_where_ray_trials_write(
+    local_ray: None,
+    color_task: Path,
+    ray_cache_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray runs each trial in a working directory of its own: the sweep hands it
+    absolute run folders, so a relative --output-dir means the same as anywhere else."""
+    monkeypatch.chdir(tmp_path)
+    grid = ["--base-lrs", "0.5", "--weight-decays", "0"]
+    assert sweep(color_task, Path("rel"), *grid, "--engine", "ray") == 0
+    root = tmp_path / "rel" / "colors" / "vpt-shallow"
+    for trial in ("grid/lr0.5_wd0", "final/seed42"):
+        record = json.loads((root / trial / "trial.json").read_text())
+        assert record["run_dir"] == str(root / trial) and not record["diverged"]
+    assert json.loads((root / "sweep.json").read_text())["status"] == "complete"
+    assert any(ray_cache_dir.iterdir())  # the workers decoded into their own cache

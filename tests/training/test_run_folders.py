@@ -3,6 +3,7 @@ refused by readers until finished."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -18,7 +19,7 @@ from e2vpt.checkpoint import CheckpointError
 from e2vpt.cli.main import main
 from e2vpt.data import Task
 from e2vpt.errors import ConfigError, Interrupted
-from e2vpt.run_folder import COMPLETE_FILE, STATE_FILE, inspect_folder
+from e2vpt.runs import RUN_COMPLETE_FILE, TRAIN_STATE_FILE, inspect_folder, setting_differences
 from e2vpt.sweeps.runner import Trial, run_trial
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.trainer import train
@@ -86,7 +87,7 @@ def test_an_interrupted_run_resumes_bit_for_bit(
         train(cut, task=task, on_epoch=stop_after(stop))
     folder = inspect_folder(tmp_path / "cut")
     assert folder.kind == "incomplete" and folder.epochs_done == stop
-    assert (tmp_path / "cut" / STATE_FILE).is_file()
+    assert (tmp_path / "cut" / TRAIN_STATE_FILE).is_file()
 
     seen: list[int] = []
     resumed = train(cut, task=task, existing="resume", on_epoch=lambda r: seen.append(r["epoch"]))
@@ -101,8 +102,8 @@ def test_an_interrupted_run_resumes_bit_for_bit(
     assert metrics(tmp_path / "whole") == metrics(tmp_path / "cut")
     assert resumed.eval_top1 == whole.eval_top1 and resumed.val_top1 == whole.val_top1
     # finished: the marker is written and the training state is gone
-    assert (tmp_path / "cut" / COMPLETE_FILE).is_file()
-    assert not (tmp_path / "cut" / STATE_FILE).exists()
+    assert (tmp_path / "cut" / RUN_COMPLETE_FILE).is_file()
+    assert not (tmp_path / "cut" / TRAIN_STATE_FILE).exists()
 
 
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path: Path, task: Task) -> None:
@@ -221,3 +222,22 @@ def test_a_resumed_sidetune_run_does_not_read_its_starting_weights_again(
     one = load_file(tmp_path / "whole" / "adapter.safetensors")
     two = load_file(tmp_path / "cut" / "adapter.safetensors")
     assert all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_settings_match_in_their_absolute_and_resolved_forms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One answer to "is this the run": paths as absolute paths, a method's options as
+    the method resolves them, runtime fields not at all."""
+    monkeypatch.chdir(tmp_path)
+    saved = config(tmp_path / "run", data=str(tmp_path / "data")).with_absolute_paths()
+    typed = config(Path("run"), data="data", device="cpu", progress=True)
+    assert setting_differences(saved, typed) == {}
+    explicit = {**saved.method_config, "shared_kv": True}  # an option at its default
+    assert setting_differences(saved, dataclasses.replace(saved, method_config=explicit)) == {}
+    options = {**saved.method_config, "visual_tokens": 5}
+    other = dataclasses.replace(typed, data="elsewhere", method_config=options)
+    assert setting_differences(saved, other) == {
+        "data": (str(tmp_path / "data"), str(tmp_path / "elsewhere")),
+        "visual_tokens": (3, 5),
+    }

@@ -37,12 +37,12 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from e2vpt.backbones import backbone_for_run
-    from e2vpt.checkpoint import load, read_config
+    from e2vpt.checkpoint import load
     from e2vpt.errors import ConfigError
     from e2vpt.export import EXPORT_FORMATS, check_output, deployable, export_model, parse_batch
     from e2vpt.inference import model_data_settings
     from e2vpt.reporting import format_table
-    from e2vpt.run_folder import require_complete
+    from e2vpt.runs import read_adapter_config, require_complete
 
     if args.format not in EXPORT_FORMATS:
         raise ConfigError(
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     batch = parse_batch(args.batch)
     check_output(output, args.format, args.overwrite)
     require_complete(args.run_dir, "export")
-    meta = read_config(args.run_dir)
+    meta = read_adapter_config(args.run_dir)
     model = load(args.run_dir, backbone=backbone_for_run(meta, args.weights, args.run_dir))
     size, normalizer = model_data_settings(model.eval())
     mean = tuple(normalizer.mean.flatten().div(255).tolist())

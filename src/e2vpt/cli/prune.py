@@ -103,6 +103,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from e2vpt.pruning.search import PruneSettings, prune_run
+    from e2vpt.runs import ADAPTER_TENSORS_FILE, PRUNING_CURVE_FILE, PRUNING_REPORT_NAME
 
     settings = PruneSettings(
         token_fractions=args.token_fractions,
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         f"{report.selected['prompt_values']:,} prompt values"
     )
     print(
-        f"pruned checkpoint + report: {report.output_dir} (adapter.safetensors, "
-        "pruning_report.{md,csv,json}, pruning_curve.png)"
+        f"pruned checkpoint + report: {report.output_dir} ({ADAPTER_TENSORS_FILE}, "
+        f"{PRUNING_REPORT_NAME}.{{md,csv,json}}, {PRUNING_CURVE_FILE})"
     )
     return 0

@@ -76,7 +76,7 @@ def config_from_args(
     """The :class:`TrainConfig` the flags (and ``--config``) describe, with its paths
     absolute and validated whole."""
     from e2vpt.errors import ConfigError
-    from e2vpt.run_folder import fresh_folder
+    from e2vpt.runs import fresh_folder
     from e2vpt.training.config import QUICKSTART, TrainConfig
 
     values: dict[str, Any] = {}
@@ -115,11 +115,10 @@ def config_from_args(
 
 
 def resumed_config(args: argparse.Namespace) -> Any:
-    """``--resume``: the run folder's own config; flags may change runtime fields only."""
-    from pathlib import Path
-
+    """``--resume``: the run folder's own config; flags may change runtime fields only
+    (paths compared in their absolute form: ``--data data`` matches the stored one)."""
     from e2vpt.errors import ConfigError
-    from e2vpt.training.config import RUNTIME_FIELDS, TrainConfig
+    from e2vpt.runs import TRAIN_CONFIG_FILE, has_train_config, read_train_config, resumed_settings
 
     given = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG_FLAGS}
     if args.config is not None:
@@ -127,24 +126,20 @@ def resumed_config(args: argparse.Namespace) -> Any:
     out = given.pop("output_dir", None)
     if out is None:
         raise ConfigError("--resume needs --output-dir RUN_FOLDER (the run to continue)")
-    if not (Path(out) / "train_config.yaml").is_file():
+    if not has_train_config(out):
         raise ConfigError(
-            f"{out} holds no run to resume (no train_config.yaml); start it without --resume"
+            f"{out} holds no run to resume (no {TRAIN_CONFIG_FILE}); start it without --resume"
         )
-    saved = TrainConfig.from_run_folder(out)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    method_values = saved.build_method_config().to_dict()
-    changes: dict[str, Any] = {"output_dir": out}
-    for key, value in given.items():
-        current = getattr(saved, key) if key in fields else method_values.get(key)
-        if key in RUNTIME_FIELDS:
-            changes[key] = value
-        elif value != current:
-            raise ConfigError(
-                f"--resume continues {out} as it was started: {flag_name(key)} {value} differs "
-                f"from the run's {current}; drop the flag, or start a new run (--overwrite, "
-                "or another --output-dir)"
-            )
-    cfg = dataclasses.replace(saved, **changes)
+    cfg, differs = resumed_settings(read_train_config(out), given)
+    if differs:
+        shown = ", ".join(
+            f"{flag_name(k)} {given.get(k, now)} differs from the run's {then}"
+            for k, (then, now) in differs.items()
+        )
+        raise ConfigError(
+            f"--resume continues {out} as it was started: {shown}; drop the flag, or start a "
+            "new run (--overwrite, or another --output-dir)"
+        )
+    cfg = dataclasses.replace(cfg, output_dir=out)
     cfg.validate()
     return cfg

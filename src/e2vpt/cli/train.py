@@ -67,6 +67,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _train_and_report(cfg: Any, existing: str) -> int:
+    from e2vpt.runs import (
+        ADAPTER_CONFIG_FILE,
+        ADAPTER_TENSORS_FILE,
+        METRICS_CSV_FILE,
+        RESULTS_FILE,
+    )
     from e2vpt.training.trainer import (
         linear_probe_search,
         load_task_for,
@@ -100,8 +106,6 @@ def _train_and_report(cfg: Any, existing: str) -> int:
     if len(results) == 2 and results[0].eval_top1 is not None and results[1].eval_top1 is not None:
         gap = 100 * (results[0].eval_top1 - results[1].eval_top1)
         print(f"\n{results[0].method} vs linear probing on {cfg.eval_split}: {gap:+.2f} points")
-    print(
-        f"\nrun folder: {cfg.output_dir} (adapter.safetensors, adapter.json, metrics.csv, "
-        "results.json)"
-    )
+    kept = (ADAPTER_TENSORS_FILE, ADAPTER_CONFIG_FILE, METRICS_CSV_FILE, RESULTS_FILE)
+    print(f"\nrun folder: {cfg.output_dir} ({', '.join(kept)})")
     return 0

@@ -8,7 +8,6 @@ where it stopped."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -16,16 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from e2vpt.backbones import check_weights_file, create_backbone
-from e2vpt.checkpoint import (
-    CONFIG_FILE,
-    TENSORS_FILE,
-    CheckpointError,
-    atomic_write_bytes,
-    atomic_write_text,
-    load,
-    read_config,
-)
+from e2vpt.checkpoint import CheckpointError, load
 from e2vpt.data import Task
+from e2vpt.files import atomic_write_bytes, atomic_write_text
 from e2vpt.inference import model_data_settings, resolve_device
 from e2vpt.layers.prompts import PRUNE_MODES
 from e2vpt.methods.base import ConfigError, method_config
@@ -45,11 +37,22 @@ from e2vpt.pruning.plan import (
 from e2vpt.pruning.report import plot_pruning, report_rows
 from e2vpt.recipes import PRUNE_CHOICES, check_recipe, resolve_choice
 from e2vpt.reporting import format_table, write_csv, write_json
-from e2vpt.run_folder import COMPLETE_FILE, IMPORTANCE_FILE, POINT_FILE, require_complete
+from e2vpt.runs import (
+    CHECKPOINT_FILES,
+    PRUNING_CURVE_FILE,
+    PRUNING_IMPORTANCE_FILE,
+    PRUNING_POINT_FILE,
+    PRUNING_REPORT_NAME,
+    RESULTS_FILE,
+    absolute,
+    read_adapter_config,
+    read_record,
+    read_results,
+    read_train_config,
+    require_complete,
+)
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.trainer import load_task_for, seed_everything, train
-
-REPORT_NAME = "pruning_report"
 
 
 @dataclass
@@ -140,28 +143,17 @@ def _run_config(run_dir: Path, meta: dict[str, Any]) -> TrainConfig:
             f"{run_dir} is already a pruned model; run `e2vpt prune` on the unpruned run it "
             "came from"
         )
-    path = run_dir / "train_config.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"{run_dir} has no train_config.yaml, which rewinding needs (same data and "
-            "hyper-parameters); prune a folder written by `e2vpt train`"
-        )
-    return TrainConfig.from_run_folder(run_dir)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A finished step's record, or None when it is absent or unreadable (redo it)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_train_config(
+        run_dir,
+        "which rewinding needs (same data and hyper-parameters); prune a folder written by "
+        "`e2vpt train`",
+    )
 
 
 def _load_importance(
     path: Path, mode: str, prune_mode: str, source_sha: str | None
 ) -> ImportanceScores | None:
-    data = _read_json(path)
+    data = read_record(path)
     if data is None or data.get("source_sha256") != source_sha:
         return None
     if (data.get("mode"), data.get("prune_mode", "remove")) != (mode, prune_mode):
@@ -170,7 +162,7 @@ def _load_importance(
 
 
 def _load_point(path: Path, plan: PruningPlan, source_sha: str | None, epochs: int) -> dict | None:
-    data = _read_json(path)
+    data = read_record(path)
     same = data is not None and (
         data.get("plan") == plan.to_dict()
         and data.get("source_sha256") == source_sha
@@ -196,8 +188,7 @@ def _select(points: list[dict[str, Any]]) -> dict[str, Any]:
 def _copy_checkpoint(source: Path, target: Path) -> None:
     """The selected point's checkpoint becomes OUT's own (tensors first, recipe last:
     each file atomic, and the recipe's hash catches a pair that does not belong)."""
-    files = (TENSORS_FILE, "train_config.yaml", "results.json", "metrics.csv", CONFIG_FILE)
-    for name in (*files, COMPLETE_FILE):
+    for name in CHECKPOINT_FILES:
         if (source / name).is_file():
             atomic_write_bytes(target / name, (source / name).read_bytes())
 
@@ -246,7 +237,7 @@ def _rewind_point(
     cfg: TrainConfig, task: Task, plan: PruningPlan, point_dir: Path, source_sha: str | None
 ) -> dict[str, Any]:
     """Prune the freshly initialised model (same seed: the original init), retrain with
-    the run's recipe, and record the point (its POINT_FILE is written last)."""
+    the run's recipe, and record the point (its PRUNING_POINT_FILE is written last)."""
     point_cfg = dataclasses.replace(cfg, output_dir=str(point_dir))
     result = train(
         point_cfg,
@@ -256,13 +247,13 @@ def _rewind_point(
         identity={"plan": plan.to_dict(), "source_sha256": source_sha},
     )
     # the point's own files already hold its counts: no need to rebuild the model
-    saved = json.loads((point_dir / "results.json").read_text())
+    saved = read_results(point_dir)
     done = {
         "plan": plan.to_dict(),
         "source_sha256": source_sha,
         "epochs": cfg.epochs,
         "tokens_kept": len(plan.kept_tokens),
-        "prompt_values": read_config(point_dir)["pruning"]["stored_prompt_values"],
+        "prompt_values": read_adapter_config(point_dir)["pruning"]["stored_prompt_values"],
         "parameters": saved["parameters"],
         "val_top1": result.val_top1,
         "eval_split": result.eval_split,
@@ -270,7 +261,7 @@ def _rewind_point(
         "train_seconds": result.train_seconds,
         "run_dir": str(point_dir),
     }
-    write_json(point_dir / POINT_FILE, done)
+    write_json(point_dir / PRUNING_POINT_FILE, done)
     return done
 
 
@@ -281,7 +272,7 @@ def _prepare(
         raise ConfigError(f"run folder {run_dir} does not exist; pass the output dir of a run")
     require_complete(run_dir, "prune")
     settings.validate()
-    meta = read_config(run_dir)
+    meta = read_adapter_config(run_dir)
     cfg = _run_config(run_dir, meta)
     overrides: dict[str, Any] = {"progress": settings.progress, "compare_linear": False}
     if settings.device is not None:
@@ -311,7 +302,7 @@ def prune_fixed(
     fractions its search picked on val): importance over the run's own training split,
     rewind, retrain with the run's recipe. OUT is a normal run folder; resumable.
     ``settings`` gives the score, prune mode and recipe (its grid is not used)."""
-    run_dir, out = Path(run_dir), Path(output_dir)
+    run_dir, out = absolute(run_dir), absolute(output_dir)
     settings = settings or PruneSettings()
     meta, cfg = _prepare(run_dir, settings, None)
     pruning = settings.resolve(cfg.recipe)
@@ -321,10 +312,12 @@ def prune_fixed(
     if task is None:
         task = load_task_for(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    scores = _importance(run_dir, cfg, task, pruning, out / IMPORTANCE_FILE, source_sha)
+    scores = _importance(run_dir, cfg, task, pruning, out / PRUNING_IMPORTANCE_FILE, source_sha)
     plan = make_plan(scores, token_fraction, segment_fraction, pruning.prune_mode)
-    done = _load_point(out / POINT_FILE, plan, source_sha, cfg.epochs)
-    return done if done is not None else _rewind_point(cfg, task, plan, out, source_sha)
+    done = _load_point(out / PRUNING_POINT_FILE, plan, source_sha, cfg.epochs)
+    if done is None:
+        return _rewind_point(cfg, task, plan, out, source_sha)
+    return {**done, "run_dir": str(out)}  # where it is now, not where it was
 
 
 def resolved_grid(
@@ -344,10 +337,12 @@ def prune_run(
     """Prune a trained e2vpt run folder; see the module docstring for the folder layout."""
     settings = settings or PruneSettings()
     settings.validate()
-    run_dir = Path(run_dir)
+    # absolute: the points' records (reused by a later search, maybe started elsewhere)
+    # and the report name folders that must not depend on the working directory
+    run_dir = absolute(run_dir)
     meta, cfg = _prepare(run_dir, settings, settings.epochs)
     pruning = settings.resolve(cfg.recipe)
-    out = Path(settings.output_dir) if settings.output_dir else run_dir / "pruned"
+    out = absolute(settings.output_dir) if settings.output_dir else run_dir / "pruned"
     if out.resolve() == run_dir.resolve():
         raise ConfigError(
             "--output-dir must differ from the run folder (its checkpoint would be replaced)"
@@ -365,14 +360,14 @@ def prune_run(
         )
 
     out.mkdir(parents=True, exist_ok=True)
-    scores = _importance(run_dir, cfg, task, pruning, out / IMPORTANCE_FILE, source_sha)
+    scores = _importance(run_dir, cfg, task, pruning, out / PRUNING_IMPORTANCE_FILE, source_sha)
     log = sys.stderr
 
     points: list[dict[str, Any]] = []
     for index, (t, s) in enumerate(grid, start=1):
         plan = make_plan(scores, t, s, pruning.prune_mode)
         point_dir = out / "grid" / plan.label
-        done = _load_point(point_dir / POINT_FILE, plan, source_sha, cfg.epochs)
+        done = _load_point(point_dir / PRUNING_POINT_FILE, plan, source_sha, cfg.epochs)
         if done is None:
             print(
                 f"[{index}/{len(grid)}] rewind + retrain: prune {t:g} of tokens, {s:g} of "
@@ -382,6 +377,7 @@ def prune_run(
             done = _rewind_point(cfg, task, plan, point_dir, source_sha)
         else:
             print(f"[{index}/{len(grid)}] {plan.label}: done earlier, reused", file=log)
+            done = {**done, "run_dir": str(point_dir)}  # where it is now, not where it was
         points.append(done)
 
     selected = _select(points)
@@ -402,8 +398,8 @@ def prune_run(
         "points": points,
         "importance": scores.to_dict(),
     }
-    write_json(out / f"{REPORT_NAME}.json", summary)
-    write_csv(out / f"{REPORT_NAME}.csv", rows)
+    write_json(out / f"{PRUNING_REPORT_NAME}.json", summary)
+    write_csv(out / f"{PRUNING_REPORT_NAME}.csv", rows)
     report = PruneReport(rows=rows, selected=selected, output_dir=out)
     text = (
         f"# Pruning report: {run_dir}\n\n{report.table()}\n\n"
@@ -414,15 +410,14 @@ def prune_run(
         f"{'removed' if pruning.prune_mode == 'remove' else 'kept as zeros'}; rewind: "
         f"{cfg.epochs} epochs from the original init.\n"
     )
-    atomic_write_text(out / f"{REPORT_NAME}.md", text)
-    plot_pruning(original, points, selected, out / "pruning_curve.png", title=str(run_dir))
+    atomic_write_text(out / f"{PRUNING_REPORT_NAME}.md", text)
+    plot_pruning(original, points, selected, out / PRUNING_CURVE_FILE, title=str(run_dir))
     return report
 
 
 def _original_point(run_dir: Path, meta: dict[str, Any], e2: Any) -> dict[str, Any]:
     """The unpruned run as the reference row (its own results.json)."""
-    results_path = run_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results = read_record(run_dir / RESULTS_FILE) or {}
     values = math.prod(meta.get("tensors", {}).get("visual_prompts.prompts", [0]))
     return {
         "plan": {"token_fraction": 0.0, "segment_fraction": 0.0},

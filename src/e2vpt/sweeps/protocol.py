@@ -16,7 +16,6 @@ import dataclasses
 import statistics
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -27,6 +26,7 @@ from e2vpt.files import atomic_write_text
 from e2vpt.methods.base import ConfigError
 from e2vpt.pruning.search import PruneSettings, ResolvedPruning, prune_run
 from e2vpt.reporting import format_table, write_json
+from e2vpt.runs import PRUNING_REPORT_NAME, SWEEP_MARKDOWN_FILE, SWEEP_SUMMARY_FILE, absolute
 from e2vpt.sweeps.ray_engine import RayEngine, RaySettings
 from e2vpt.sweeps.runner import Engine, InProcessEngine, ProcessPoolEngine, Trial, finished
 from e2vpt.training.config import TrainConfig
@@ -36,7 +36,6 @@ SPEC_WEIGHT_DECAYS = [0.01, 1e-3, 1e-4, 0.0]
 # full fine-tuning trains with AdamW, whose useful lrs are ~1000× smaller than SGD's
 ADAMW_BASE_LRS = [5e-3, 1e-3, 5e-4, 1e-4]
 SPEC_SEEDS = [42, 44, 82, 100, 800]
-SWEEP_FILE = "sweep.json"
 PRUNED_SUFFIX = "-pruned"
 
 
@@ -149,7 +148,11 @@ class Sweep:
     def __init__(self, cfg: TrainConfig, settings: SweepSettings, task: Task | None = None):
         cfg.validate()
         settings.validate(cfg)
-        self.cfg = dataclasses.replace(cfg, compare_linear=False, progress=settings.progress)
+        # paths absolute before any trial exists: a worker whose working directory is
+        # not ours (a Ray trial's) must read the data and write the run where we would
+        self.cfg = dataclasses.replace(
+            cfg.with_absolute_paths(), compare_linear=False, progress=settings.progress
+        )
         self.settings = settings
         if task is None:
             from e2vpt.training.trainer import load_task_for
@@ -160,7 +163,7 @@ class Sweep:
         self.method_cfg = cfg.build_method_config()
         self.method = self.method_cfg.method_name
         self.task_name = settings.task_name or task.name
-        self.root = Path(settings.output_dir) / self.task_name / self.method
+        self.root = absolute(settings.output_dir) / self.task_name / self.method
         self.optimizer = self.cfg.resolved_optimizer()
         self.lrs, self.wds = settings.grid(self.optimizer)
         self.engine: Engine | RayEngine
@@ -290,7 +293,7 @@ class Sweep:
                 "val_top1": report.selected["val_top1"],
                 "tokens_kept": report.selected["tokens_kept"],
                 "prompt_values": report.selected["prompt_values"],
-                "report": str(report.output_dir / "pruning_report.md"),
+                "report": str(report.output_dir / f"{PRUNING_REPORT_NAME}.md"),
             }
             self._run(self.pruned_trials(finals, report.selected["plan"]), "pruned finals")
         return self.write_summary(status="complete")
@@ -353,8 +356,8 @@ class Sweep:
 
     def write_summary(self, status: str) -> dict[str, Any]:
         summary = self.summary(status)
-        write_json(self.root / SWEEP_FILE, summary)
-        atomic_write_text(self.root / "sweep.md", sweep_markdown(summary))
+        write_json(self.root / SWEEP_SUMMARY_FILE, summary)
+        atomic_write_text(self.root / SWEEP_MARKDOWN_FILE, sweep_markdown(summary))
         return summary
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from e2vpt.methods.base import ConfigError
 from e2vpt.reporting import write_json
-from e2vpt.sweeps.runner import TRIAL_FILE, Trial, finished, run_trial, task_for_worker
+from e2vpt.runs import TRIAL_RECORD_FILE
+from e2vpt.sweeps.runner import Trial, finished, run_trial, task_for_worker
 
 
 @dataclass
@@ -146,7 +147,7 @@ class RayEngine:
                     "test_top1": None,
                 }
                 Path(trial.run_dir).mkdir(parents=True, exist_ok=True)
-                write_json(Path(trial.run_dir) / TRIAL_FILE, record)
+                write_json(Path(trial.run_dir) / TRIAL_RECORD_FILE, record)
             yield record
         if errors:
             raise RuntimeError(

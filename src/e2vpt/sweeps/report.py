@@ -19,7 +19,8 @@ from e2vpt.errors import SweepError
 from e2vpt.files import atomic_write_bytes, atomic_write_text
 from e2vpt.methods.base import list_methods, registered_methods
 from e2vpt.reporting import format_table, write_csv, write_json
-from e2vpt.sweeps.protocol import PRUNED_SUFFIX, SWEEP_FILE
+from e2vpt.runs import SWEEP_SUMMARY_FILE
+from e2vpt.sweeps.protocol import PRUNED_SUFFIX
 
 GROUP_ORDER = (*VTAB_GROUPS, "fgvc", "cifar100-lt")
 HEADLINE = "mean of group means"
@@ -70,7 +71,7 @@ def collect(runs_dir: str | Path, include_running: bool = False) -> list[Entry]:
             f"runs folder {runs_dir} does not exist; pass the --output-dir of `e2vpt sweep`"
         )
     entries = []
-    for path in sorted(runs_dir.rglob(SWEEP_FILE)):
+    for path in sorted(runs_dir.rglob(SWEEP_SUMMARY_FILE)):
         try:
             summary = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:

@@ -19,7 +19,7 @@ from typing import Any
 from e2vpt.data import Task
 from e2vpt.errors import DivergedError
 from e2vpt.reporting import write_json
-from e2vpt.run_folder import TRIAL_FILE
+from e2vpt.runs import TRIAL_RECORD_FILE, read_record, read_results
 from e2vpt.training.config import RUNTIME_FIELDS, TrainConfig
 
 # runtime fields change where, how fast or how visibly a trial runs, not what it
@@ -59,13 +59,13 @@ class Trial:
 
 
 def finished(trial: Trial) -> dict[str, Any] | None:
-    """The trial's record if it completed with the same key; None means run it."""
-    path = Path(trial.run_dir) / TRIAL_FILE
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    """The trial's record if it completed with the same key; None means run it. The
+    record's ``run_dir`` is the trial's own (a sweep written before run dirs were stored
+    absolute kept them relative to the working directory of the time)."""
+    record = read_record(Path(trial.run_dir) / TRIAL_RECORD_FILE)
+    if record is None or record.get("key") != trial.key():
         return None
-    return record if isinstance(record, dict) and record.get("key") == trial.key() else None
+    return {**record, "run_dir": trial.run_dir}
 
 
 def run_trial(
@@ -114,16 +114,16 @@ def run_trial(
     except DivergedError as err:
         record.update(diverged=True, error=str(err), val_top1=None, test_top1=None)
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / TRIAL_FILE, record)
+        write_json(out / TRIAL_RECORD_FILE, record)
         return record
-    results = json.loads((out / "results.json").read_text())
+    results = read_results(out)
     record.update(
         val_top1=val,
         test_top1=test,
         train_seconds=seconds,
         parameters=results.get("parameters", {}),
     )
-    write_json(out / TRIAL_FILE, record)
+    write_json(out / TRIAL_RECORD_FILE, record)
     return record
 
 

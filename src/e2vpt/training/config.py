@@ -24,7 +24,7 @@ from e2vpt.recipes import (
     check_recipe,
     resolve_choice,
 )
-from e2vpt.run_folder import fresh_folder, readable_name
+from e2vpt.runs import TRAIN_CONFIG_FILE, fresh_folder, readable_name
 from e2vpt.settings import setting
 
 LR_SCHEDULE_UNITS = ("update", "epoch")
@@ -205,21 +205,13 @@ class TrainConfig:
 
     def with_absolute_paths(self) -> TrainConfig:
         """The config with ``weights``, the data folder and ``output_dir`` made absolute,
-        so a stored run can be evaluated, pruned or resumed from anywhere."""
+        so a stored run can be evaluated, pruned or resumed from anywhere (and compared:
+        :func:`e2vpt.runs.setting_differences`)."""
         weights = None if self.weights is None else os.path.abspath(self.weights)
         output_dir = None if self.output_dir is None else os.path.abspath(self.output_dir)
         return dataclasses.replace(
             self, weights=weights, data=absolute_data_spec(self.data), output_dir=output_dir
         )
-
-    def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
-        """Fields (runtime ones apart) whose values differ: name → (mine, other's)."""
-        mine, theirs = self.with_absolute_paths().to_dict(), other.with_absolute_paths().to_dict()
-        return {
-            k: (mine[k], theirs[k])
-            for k in mine
-            if k not in RUNTIME_FIELDS and mine[k] != theirs[k]
-        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -238,7 +230,7 @@ class TrainConfig:
         """The config a run folder was trained with. A run saved before recipes existed
         is read the way it trained then (per-update schedule, timm's head init, the
         backbone's statistics, and its method's options of the time)."""
-        values = _read_mapping(Path(run_dir) / "train_config.yaml")
+        values = _read_mapping(Path(run_dir) / TRAIN_CONFIG_FILE)
         if "recipe" not in values:
             values = {**values, **LEGACY_TRAIN_FIELDS}
             method = get_method(str(values.get("method", cls.method)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import math
 import os
 import random
@@ -39,16 +38,20 @@ from e2vpt.inference import (
 )
 from e2vpt.model import PromptedModel
 from e2vpt.reporting import format_table, write_csv, write_json
-from e2vpt.run_folder import (
-    CONFIG_FILE,
+from e2vpt.runs import (
     EXISTING_MODES,
-    IDENTITY_FILE,
+    METRICS_CSV_FILE,
+    METRICS_JSON_FILE,
     RESULTS_FILE,
-    STATE_FILE,
+    RUN_IDENTITY_FILE,
+    TRAIN_CONFIG_FILE,
+    TRAIN_STATE_FILE,
     RunFolder,
     clear,
     inspect_folder,
     mark_complete,
+    read_results,
+    run_differences,
 )
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.distributed import Distributed
@@ -189,7 +192,7 @@ def train(
     train_state.pt (what resuming needs, after every epoch), then adapter.safetensors +
     adapter.json, results.json and, last, run_complete.json. Every file is written
     atomically. ``existing`` says what to do when the folder already holds a run:
-    refuse | overwrite | resume | continue (see :mod:`e2vpt.run_folder`); without
+    refuse | overwrite | resume | continue (see :mod:`e2vpt.runs`); without
     ``output_dir`` the run goes to a new ``runs/<task>-<method>[-N]``.
     ``feature_cache`` lets several linear probes of one backbone × task share features.
     ``customize`` changes the freshly initialised model before the optimizer is built
@@ -265,7 +268,7 @@ def plan_run_folder(
         raise folder.refusal()
     if existing == "overwrite":
         return "replace", folder
-    differs = _differences_from_saved(cfg, out, identity)
+    differs = run_differences(out, cfg, identity)
     if differs and existing == "resume":
         shown = ", ".join(f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in differs.items())
         raise ConfigError(
@@ -289,32 +292,13 @@ def _open_run_folder(
     if action == "reuse":
         return _stored_result(folder.path)
     if action == "resume" and cfg.state_every:
-        return read_state(folder.path / STATE_FILE)
+        return read_state(folder.path / TRAIN_STATE_FILE)
     return None
-
-
-def _differences_from_saved(
-    cfg: TrainConfig, out: Path, identity: dict[str, Any] | None
-) -> dict[str, tuple[Any, Any]]:
-    if not (out / CONFIG_FILE).is_file():
-        return {CONFIG_FILE: ("missing", "needed")}
-    try:
-        saved = TrainConfig.from_run_folder(out)
-    except ConfigError as err:
-        return {CONFIG_FILE: (str(err), "readable")}
-    differs = saved.differences(cfg)
-    try:
-        saved_identity = json.loads((out / IDENTITY_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        saved_identity = None
-    if saved_identity != (None if identity is None else json.loads(json.dumps(identity))):
-        differs["identity"] = (saved_identity, identity)
-    return differs
 
 
 def _stored_result(out: Path) -> RunResult:
     """A finished run's result, as its results.json records it."""
-    stored = json.loads((out / RESULTS_FILE).read_text())
+    stored = read_results(out)
     names = {f.name for f in dataclasses.fields(RunResult)}
     return RunResult(**{k: v for k, v in stored.items() if k in names})
 
@@ -400,9 +384,9 @@ def _train(
     out_dir = Path(cfg.output_dir)
     if ddp.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / CONFIG_FILE, cfg.with_absolute_paths().to_yaml())
+        atomic_write_text(out_dir / TRAIN_CONFIG_FILE, cfg.with_absolute_paths().to_yaml())
         if identity is not None:
-            write_json(out_dir / IDENTITY_FILE, identity)
+            write_json(out_dir / RUN_IDENTITY_FILE, identity)
 
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
     augment = task.augment if cfg.augment == "auto" else cfg.augment
@@ -552,8 +536,8 @@ def _train(
             row["epoch_seconds"] = time.perf_counter() - epoch_start
             metrics.append(row)
             if ddp.is_main:
-                write_json(out_dir / "metrics.json", metrics)
-                write_csv(out_dir / "metrics.csv", metrics)
+                write_json(out_dir / METRICS_JSON_FILE, metrics)
+                write_csv(out_dir / METRICS_CSV_FILE, metrics)
             if cfg.state_every and (epoch + 1) % cfg.state_every == 0:
                 if ddp.is_main:
                     snapshot = capture(
@@ -568,7 +552,7 @@ def _train(
                         val_acc=val_acc,
                         train_seconds=time.perf_counter() - start,
                     )
-                    write_state(out_dir / STATE_FILE, snapshot)
+                    write_state(out_dir / TRAIN_STATE_FILE, snapshot)
                 progress["saved_epoch"] = epoch + 1
             if on_epoch is not None:
                 on_epoch(row)

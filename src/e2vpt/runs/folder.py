@@ -9,7 +9,7 @@ folder without the marker and say how to finish it. Runs written before the mark
 existed count as complete when they hold ``results.json`` and no training state (their
 ``results.json`` was always written last).
 
-Imports nothing of e2vpt's but the leaves (errors, files)."""
+Imports nothing of e2vpt's but the leaves (errors, files) and the file names."""
 
 from __future__ import annotations
 
@@ -26,22 +26,15 @@ import yaml
 
 from e2vpt.errors import ConfigError
 from e2vpt.files import atomic_write_text
-
-CONFIG_FILE = "train_config.yaml"
-METRICS_FILE = "metrics.json"
-RESULTS_FILE = "results.json"
-STATE_FILE = "train_state.pt"
-COMPLETE_FILE = "run_complete.json"
-# what the run computes beyond its config (a rewind's pruning plan), when the caller says
-IDENTITY_FILE = "run_identity.json"
-# the files that show a folder holds a run
-RUN_FILES = (CONFIG_FILE, COMPLETE_FILE, "adapter.json", STATE_FILE)
-# files other e2vpt steps keep beside a run (a sweep trial's record, a pruning step's
-# scores and point): a folder holding only these holds no run yet, and is not foreign
-TRIAL_FILE = "trial.json"
-IMPORTANCE_FILE = "importance.json"
-POINT_FILE = "pruning_point.json"
-SIDE_FILES = (TRIAL_FILE, IMPORTANCE_FILE, POINT_FILE)
+from e2vpt.runs.names import (
+    METRICS_JSON_FILE,
+    RESULTS_FILE,
+    RUN_COMPLETE_FILE,
+    RUN_FILES,
+    SIDE_FILES,
+    TRAIN_CONFIG_FILE,
+    TRAIN_STATE_FILE,
+)
 
 # what ``train(existing=...)`` does with a folder that already holds a run:
 #   refuse    — an error naming the fixes (the CLI's default)
@@ -89,7 +82,15 @@ class RunFolder:
         )
 
 
+def absolute(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute against the working directory, resolved once (symlinks kept,
+    as ``TrainConfig.with_absolute_paths`` keeps them): what e2vpt stores and compares, so
+    a worker with another working directory (a Ray trial) reads and writes the same place."""
+    return Path(os.path.abspath(path))
+
+
 def inspect_folder(path: str | os.PathLike[str]) -> RunFolder:
+    """What ``path`` holds, read from its file names (and the run's epochs so far)."""
     path = Path(path)
     if not path.exists():
         return RunFolder(path, "absent")
@@ -101,16 +102,16 @@ def inspect_folder(path: str | os.PathLike[str]) -> RunFolder:
     epochs = _configured_epochs(path)
     done = _epochs_done(path)
     complete = (
-        COMPLETE_FILE in names
-        or CONFIG_FILE not in names  # a checkpoint saved on its own (e2vpt.save, prune)
-        or (RESULTS_FILE in names and STATE_FILE not in names)
+        RUN_COMPLETE_FILE in names
+        or TRAIN_CONFIG_FILE not in names  # a checkpoint saved on its own (e2vpt.save, prune)
+        or (RESULTS_FILE in names and TRAIN_STATE_FILE not in names)
     )
     return RunFolder(path, "complete" if complete else "incomplete", done, epochs)
 
 
 def _configured_epochs(path: Path) -> int | None:
     try:
-        values = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
+        values = yaml.safe_load((path / TRAIN_CONFIG_FILE).read_text()) or {}
         return int(values["epochs"])
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
         return None
@@ -118,7 +119,7 @@ def _configured_epochs(path: Path) -> int | None:
 
 def _epochs_done(path: Path) -> int:
     try:
-        rows = json.loads((path / METRICS_FILE).read_text())
+        rows = json.loads((path / METRICS_JSON_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return 0
     return len(rows) if isinstance(rows, list) else 0
@@ -141,8 +142,8 @@ def clear(folder: RunFolder) -> None:
 def mark_complete(path: Path, summary: dict[str, Any]) -> None:
     """The run's last file: from now on readers accept the folder."""
     record = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **summary}
-    atomic_write_text(path / COMPLETE_FILE, json.dumps(record, indent=2) + "\n")
-    (path / STATE_FILE).unlink(missing_ok=True)
+    atomic_write_text(path / RUN_COMPLETE_FILE, json.dumps(record, indent=2) + "\n")
+    (path / TRAIN_STATE_FILE).unlink(missing_ok=True)
 
 
 def require_complete(path: str | os.PathLike[str], action: str) -> None:
