@@ -242,7 +242,7 @@ BAD_INVOCATIONS = [
     (["train", "--state-every", "-1"], "state_every must be >= 0"),
     (
         ["train", "--weights", "missing.npz", "--output-dir", "r"],
-        "--weights missing.npz: no such file",
+        "missing.npz: no such file",  # named absolute: resolved where it was given
     ),
     (["train", "--output-dir", "done_run"], "already holds a finished run; pass --overwrite"),
     (["train", "--output-dir", "half_run"], "pass --resume to continue it, --overwrite"),
@@ -331,8 +331,10 @@ def test_ctrl_c_stops_with_a_message_and_exit_code_130(tmp_path: Path, stop: str
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130
     last = err.strip().splitlines()[-1]
-    assert last.startswith("e2vpt train: interrupted; the run in run is saved after epoch ")
-    assert last.endswith("resume it with `e2vpt train --resume --output-dir run`")
+    # the run folder is named as stored: absolute, so the command works from anywhere
+    run = tmp_path / "run"
+    assert last.startswith(f"e2vpt train: interrupted; the run in {run} is saved after epoch ")
+    assert last.endswith(f"resume it with `e2vpt train --resume --output-dir {run}`")
     assert "Traceback" not in err
     # the unfinished run is not mistaken for a finished one
     assert not (tmp_path / "run" / "run_complete.json").exists()

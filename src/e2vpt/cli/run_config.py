@@ -111,7 +111,7 @@ def config_from_args(
                 f"{', '.join(owners[key])}"
             )
     cfg.validate()
-    return cfg
+    return cfg.with_absolute_paths()  # resolved here, once, against the working directory
 
 
 def resumed_config(args: argparse.Namespace) -> Any:
@@ -142,4 +142,4 @@ def resumed_config(args: argparse.Namespace) -> Any:
         )
     cfg = dataclasses.replace(cfg, output_dir=out)
     cfg.validate()
-    return cfg
+    return cfg.with_absolute_paths()
