@@ -110,6 +110,6 @@ def test_a_model_the_format_cannot_express_is_a_clear_error(
     monkeypatch.setattr(export, "_write", refuse)
     model = tiny_model("vit", "linear")
     message = "onnx cannot express this linear model: Unsupported operator: aten::frobnicate"
-    with pytest.raises(e2vpt.errors.ExportError, match=f"{message}; try --format torchscript"):
+    with pytest.raises(e2vpt.errors.ExportError, match=f"{message}; try `format` torchscript"):
         export_model(deployable(model, MEAN, STD), 32, "onnx", tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []  # no file, not even a temp one

@@ -227,7 +227,7 @@ def test_per_task_batching_never_mixes_tasks(runs: dict[str, str]) -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-    with pytest.raises(e2vpt.ConfigError, match="--batching 'mixed'"):
+    with pytest.raises(e2vpt.ConfigError, match="`batching` 'mixed'"):
         ServeSettings(adapters=runs, batching="mixed").validate()
 
 
@@ -354,7 +354,7 @@ def test_an_overloaded_server_answers_503_and_recovers(runs: dict[str, str]) -> 
             codes = [r.result().status_code for r in replies]
         assert codes.count(503) >= 1 and codes.count(200) >= 2, codes
         busy = next(r.result() for r in replies if r.result().status_code == 503)
-        assert "--max-queue 1" in busy.json()["error"]
+        assert "`max_queue` 1" in busy.json()["error"]
         assert ask(9).status_code == 200
         assert read_metrics(url)[("e2vpt_errors_total", (("status", "503"),))] >= 1
     finally:

@@ -125,7 +125,7 @@ def check_class_names(
 ) -> None:
     """Label i must mean the same class in the data as in the run."""
     if trained is None:
-        from e2vpt.data.core import note
+        from e2vpt.notices import note
 
         note(
             f"{run_dir} stores no class names (saved before e2vpt stored them); assuming "

@@ -64,7 +64,7 @@ def parse_batch(value: str) -> int | None:
     except ValueError:
         batch = 0
     if batch < 1:
-        raise ConfigError(f"--batch must be 'dynamic' or a batch size >= 1, got {value!r}")
+        raise ConfigError(f"`batch` must be 'dynamic' or a batch size >= 1, got {value!r}")
     return batch
 
 
@@ -76,10 +76,10 @@ def check_output(output: Path, fmt: str, overwrite: bool) -> None:
             f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}"
         )
     if output.is_dir():
-        raise ConfigError(f"--output {output} is a folder; name the file to write")
+        raise ConfigError(f"`output` {output} is a folder; name the file to write")
     if output.exists() and not overwrite:
-        raise ConfigError(f"{output} exists; pass --overwrite to replace it or another --output")
-    check_writable(output.parent, flag="--output")
+        raise ConfigError(f"{output} exists; pass `overwrite` to replace it or another `output`")
+    check_writable(output.parent, flag="`output`")
     if fmt == "onnx":
         try:
             import onnxruntime  # noqa: F401
@@ -124,7 +124,7 @@ def export_model(
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             others = ", ".join(f for f in EXPORT_FORMATS if f != fmt)
             raise ExportError(
-                f"{fmt} cannot express this {method} model: {first[:300]}; try --format {others}"
+                f"{fmt} cannot express this {method} model: {first[:300]}; try `format` {others}"
             ) from err
         checked = [batch] if batch is not None else [1, 3]
         error = 0.0
@@ -138,7 +138,7 @@ def export_model(
         if not error <= MAX_LOGIT_ERROR:
             raise ExportError(
                 f"the {fmt} export differs from PyTorch by up to {error:.2e} in the logits "
-                f"(allowed {MAX_LOGIT_ERROR:g}); nothing was written. Try another --format"
+                f"(allowed {MAX_LOGIT_ERROR:g}); nothing was written. Try another `format`"
             )
         size = tmp.stat().st_size
         publish(tmp, output)

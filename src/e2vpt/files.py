@@ -45,7 +45,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def check_writable(directory: Path, flag: str = "--output-dir") -> None:
+def check_writable(directory: Path, flag: str = "`output_dir`") -> None:
     """Fail early, and without leaving anything behind, when ``directory`` cannot be
     created or written: its nearest existing ancestor must be a folder that takes a file."""
     target = directory.resolve()

@@ -138,14 +138,17 @@ def recipe_value(recipe: str, choice: Choice) -> Any:
 
 def resolve_choice(recipe: str, choice: Choice, given: Any, flag: str | None = None) -> Any:
     """``given`` if set (not auto/None), else the recipe's value. Under ``official`` a
-    given value that differs from the official one is an error naming both fixes."""
+    given value that differs from the official one is an error naming both fixes;
+    ``flag``: the setting's name where it is not the choice's own (a sweep's
+    ``prune_token_fractions``), marked `so` for the command line to name its flag."""
     value = recipe_value(recipe, choice)
     if given is None or given == AUTO:
         return value
     if recipe == "official" and given != value:
+        name = flag or f"`{choice.field}`"
         raise ConfigError(
-            f"--recipe official uses {flag or choice.flag} {_show(value)} ({choice.what}), "
-            f"but {_show(given)} was given; drop {flag or choice.flag} or use --recipe default"
+            f"`recipe` official uses {name} {_show(value)} ({choice.what}), "
+            f"but {_show(given)} was given; drop {name} or use `recipe` default"
         )
     return given
 
@@ -154,8 +157,8 @@ def check_method_options(recipe: str, method: str, conflicts: list[str]) -> None
     """Method options (as given) that contradict the official recipe: one clear error."""
     if recipe == "official" and conflicts:
         raise ConfigError(
-            f"--recipe official fixes {method}'s {', '.join(conflicts)}; drop those "
-            "options or use --recipe default"
+            f"`recipe` official fixes {method}'s {', '.join(conflicts)}; drop those "
+            "options or use `recipe` default"
         )
 
 

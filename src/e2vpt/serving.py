@@ -63,25 +63,25 @@ class ServeSettings:
 
     def validate(self) -> None:
         if not self.adapters:
-            raise ConfigError("give at least one task: --adapter NAME=RUN_DIR")
+            raise ConfigError("give at least one task: `adapter` NAME=RUN_DIR")
         if self.adapters_dir is not None and not Path(self.adapters_dir).is_dir():
-            raise ConfigError(f"--adapters-dir {self.adapters_dir} is not a folder")
+            raise ConfigError(f"`adapters_dir` {self.adapters_dir} is not a folder")
         if self.batching not in BATCHING_MODES:
             raise ConfigError(
-                f"--batching {self.batching!r}: choose one of {', '.join(BATCHING_MODES)}"
+                f"`batching` {self.batching!r}: choose one of {', '.join(BATCHING_MODES)}"
             )
         if (
             min(self.max_batch_size, self.max_image_bytes, self.max_queue) < 1
             or self.max_wait_ms < 0
         ):
             raise ConfigError(
-                "--max-batch-size, --max-image-bytes and --max-queue must be >= 1 and "
-                "--max-wait-ms >= 0"
+                "`max_batch_size`, `max_image_bytes` and `max_queue` must be >= 1 and "
+                "`max_wait_ms` >= 0"
             )
         backbones = {}
         for name, folder in self.adapters.items():
             if not holds_checkpoint(folder):
-                raise ConfigError(f"--adapter {name}={folder}: no e2vpt run folder there")
+                raise ConfigError(f"`adapter` {name}={folder}: no e2vpt run folder there")
             backbones[name] = read_adapter_config(folder)["backbone"]
         if len(set(backbones.values())) > 1:
             raise ConfigError(
@@ -184,14 +184,14 @@ class TaskServer:
         client chose elsewhere."""
         if self.settings.adapters_dir is None:
             raise NotAllowed(
-                "this server loads no tasks at run time (start it with --adapters-dir)"
+                "this server loads no tasks at run time (start it with `adapters_dir`)"
             )
         root = Path(self.settings.adapters_dir).resolve()
         folder = (root / run).resolve()
         if not folder.is_relative_to(root) or folder == root:
-            raise NotAllowed(f"run {run!r} is not a folder under the server's --adapters-dir")
+            raise NotAllowed(f"run {run!r} is not a folder under the server's `adapters_dir`")
         if not holds_checkpoint(folder):
-            raise ConfigError(f"no e2vpt run folder {run!r} under the server's --adapters-dir")
+            raise ConfigError(f"no e2vpt run folder {run!r} under the server's `adapters_dir`")
         self.add_task(name, str(folder))
 
     def _add_task(self, name: str, folder: str) -> None:
@@ -226,7 +226,7 @@ class TaskServer:
         assert self.queue is not None
         if self.queue.qsize() >= self.settings.max_queue:
             raise ServerBusy(
-                f"{self.queue.qsize()} requests are waiting (--max-queue "
+                f"{self.queue.qsize()} requests are waiting (`max_queue` "
                 f"{self.settings.max_queue}); retry later"
             )
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -363,7 +363,7 @@ def build_app(server: TaskServer) -> FastAPI:
             return error(415, f"content type {kind!r}: send an image (image/*) or multipart")
         if len(blob) > server.settings.max_image_bytes:
             return error(413, f"image of {len(blob)} bytes; the limit is "
-                         f"{server.settings.max_image_bytes} (--max-image-bytes)")  # fmt: skip
+                         f"{server.settings.max_image_bytes} (`max_image_bytes`)")  # fmt: skip
         try:
             image = await asyncio.to_thread(server.decode, name, blob)
         except TaskGone as err:
@@ -388,7 +388,7 @@ def build_app(server: TaskServer) -> FastAPI:
     async def add(body: dict[str, str]) -> Any:
         name, run = body.get("name"), body.get("run")
         if not name or not run:
-            return error(400, 'send {"name": ..., "run": <run folder under --adapters-dir>}')
+            return error(400, 'send {"name": ..., "run": <run folder under `adapters_dir`>}')
         if name in server.model.tasks:
             return error(409, f"task {name!r} exists; DELETE /v1/tasks/{name} first")
         try:

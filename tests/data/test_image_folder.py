@@ -90,7 +90,7 @@ def test_missing_splits_are_said_once_at_start(
     load_task(str(tmp_path), 8, progress=False)
     err = capsys.readouterr().err
     assert f"e2vpt: {tmp_path} has no val/ split: no held-out metric" in err
-    assert "--val-fraction F" in err
+    assert "`val_fraction` F" in err
     assert f"e2vpt: {tmp_path} has no test/ split" in err
     lines = err.strip().splitlines()
     assert lines[-1].startswith("data: ")  # notes first, then the summary
@@ -139,7 +139,7 @@ def test_val_fraction_errors_name_the_fix(tmp_path: Path) -> None:
         lambda: load_task(str(tmp_path), 8, val_fraction=0.1, quiet=True),
         lambda: check_task_spec(str(tmp_path), val_fraction=0.1),
     ):
-        with pytest.raises(DataError, match="drop --val-fraction to use val/, or remove val/"):
+        with pytest.raises(DataError, match="drop `val_fraction` to use val/, or remove val/"):
             check()
     vtab = tmp_path / "dtd"
     write_vtab_tree(vtab, {"train800": 2, "val200": 1, "test": 1}, num_classes=47)

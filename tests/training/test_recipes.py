@@ -186,9 +186,9 @@ def test_weight_decay_reaches_every_tuned_tensor_but_the_head_bias() -> None:
     ("values", "message"),
     [
         ({"recipe": "papers"}, "unknown recipe 'papers'; choose one of default, official"),
-        ({"lr_schedule_unit": "update"}, "drop --lr-schedule-unit or use --recipe default"),
-        ({"normalize": "backbone"}, "drop --normalize or use --recipe default"),
-        ({"head_init": "trunc-normal"}, "drop --head-init or use --recipe default"),
+        ({"lr_schedule_unit": "update"}, "drop `lr_schedule_unit` or use `recipe` default"),
+        ({"normalize": "backbone"}, "drop `normalize` or use `recipe` default"),
+        ({"head_init": "trunc-normal"}, "drop `head_init` or use `recipe` default"),
         (
             {"method": "vpt-deep", "method_config": {"dropout": 0.1}},
             "fixes vpt-deep's dropout=0.1 \\(official: 0.0\\)",

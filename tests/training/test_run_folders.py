@@ -110,7 +110,7 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path: Path, task: Task
     out = tmp_path / "run"
     train(config(out, epochs=1), task=task)
     before = snapshot(out)
-    with pytest.raises(ConfigError, match="already holds a finished run; pass --overwrite"):
+    with pytest.raises(ConfigError, match="already holds a finished run; pass `overwrite`"):
         train(config(out, epochs=1, method="vpt-deep", method_config={"tokens": 2}), task=task)
     assert snapshot(out) == before
 

@@ -19,6 +19,7 @@ from types import ModuleType
 from e2vpt import __version__
 from e2vpt.cli.flags import StrictParser, flag_name
 from e2vpt.errors import E2VPTError, exit_code_of
+from e2vpt.notices import render_notices
 
 # every error a user can fix derives from E2VPTError (see e2vpt.errors)
 USER_ERRORS = (E2VPTError,)
@@ -94,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     module = command_module(args.command)
+    render_notices(lambda message: settings_as_flags(message, parser))
     return exit_code_of(
         lambda: args.run_command(args, argv[1:]),
         f"e2vpt {args.command}",

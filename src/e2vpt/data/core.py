@@ -8,7 +8,6 @@ File-backed tasks keep the decoded tensors in an on-disk cache, memory-mapped
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from e2vpt.errors import DataError
+from e2vpt.notices import note  # noqa: F401 (the data loaders' notice channel)
 
 
 @dataclass
@@ -41,17 +41,6 @@ TRAINVAL = "trainval"
 SUMMARY_SPLITS = ("train", "val", "test")
 # a summary names the classes up to this many, else it counts them
 NAMED_CLASSES = 10
-
-_said: set[str] = set()
-
-
-def note(message: str, quiet: bool = False) -> None:
-    """One line on stderr, said once per process (a sweep reloading a task does not
-    repeat it): things a user should know but that are not errors."""
-    if quiet or message in _said:
-        return
-    _said.add(message)
-    print(f"e2vpt: {message}", file=sys.stderr, flush=True)
 
 
 def _adjacent(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:

@@ -33,7 +33,7 @@ def missing_folder_error(folder: str | Path) -> DataError:
 def val_conflict_error(root: str | Path, val_fraction: float) -> DataError:
     return DataError(
         f"{root} has a val/ split and val_fraction {val_fraction} was given; drop "
-        "--val-fraction to use val/, or remove val/ to hold out part of train"
+        "`val_fraction` to use val/, or remove val/ to hold out part of train"
     )
 
 
@@ -94,7 +94,7 @@ def check_fraction(val_fraction: float | None) -> None:
     if val_fraction is not None and not 0 < val_fraction < 1:
         raise DataError(
             f"val_fraction must lie strictly between 0 and 1, got {val_fraction}; "
-            "e.g. --val-fraction 0.1 holds out 10 % of train as val"
+            "e.g. `val_fraction` 0.1 holds out 10 % of train as val"
         )
 
 
@@ -155,7 +155,7 @@ def _hold_out_val(
         if not listed["val"]:
             raise DataError(
                 f"val_fraction {val_fraction} holds out no image: every class of {train_dir} "
-                "has a single image; add images or drop --val-fraction"
+                "has a single image; add images or drop `val_fraction`"
             )
         note(
             f"{root}: held out {100 * val_fraction:g} % of train as val: "
@@ -165,7 +165,7 @@ def _hold_out_val(
     elif "val" not in listed:
         note(
             f"{root} has no val/ split: no held-out metric during training (use "
-            "--val-fraction F to hold out part of train)",
+            "`val_fraction` F to hold out part of train)",
             quiet,
         )
     if "test" not in listed:

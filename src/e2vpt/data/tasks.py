@@ -18,7 +18,7 @@ def _check_val_fraction(spec: DataSpec, text: str, val_fraction: float | None) -
     if not spec.format.val_fraction:
         raise DataError(
             f"val_fraction is for image folders; {text} has its protocol's own val split "
-            "(drop --val-fraction)"
+            "(drop `val_fraction`)"
         )
     check_fraction(val_fraction)
 

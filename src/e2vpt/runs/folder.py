@@ -68,16 +68,16 @@ class RunFolder:
             return f"an unfinished run (stopped after epoch {self.epochs_done}{total})"
         return "files of no e2vpt run" if self.kind == "foreign" else "nothing"
 
-    def refusal(self, flag: str = "--output-dir") -> ConfigError:
+    def refusal(self, flag: str = "`output_dir`") -> ConfigError:
         """The error for a new run aimed at this folder."""
         if self.kind == "foreign":
             return ConfigError(
                 f"{self.path} is not empty and holds no e2vpt run; choose another {flag} "
                 "(e2vpt never deletes files it did not write)"
             )
-        resume = " --resume to continue it," if self.kind == "incomplete" else ""
+        resume = " `resume` to continue it," if self.kind == "incomplete" else ""
         return ConfigError(
-            f"{self.path} already holds {self.describe()}; pass{resume} --overwrite to replace "
+            f"{self.path} already holds {self.describe()}; pass{resume} `overwrite` to replace "
             f"it, or choose another {flag}"
         )
 

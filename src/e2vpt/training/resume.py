@@ -83,10 +83,10 @@ def read_state(path: Path) -> dict[str, Any] | None:
     except Exception as err:  # a truncated or foreign file: torch raises many kinds
         raise ConfigError(
             f"{path} is unreadable ({type(err).__name__}); delete it to restart the run from "
-            "epoch 1, or pass --overwrite"
+            "epoch 1, or pass `overwrite`"
         ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ConfigError(f"{path} is not a training state this e2vpt writes; pass --overwrite")
+        raise ConfigError(f"{path} is not a training state this e2vpt writes; pass `overwrite`")
     return state
 
 
@@ -105,7 +105,7 @@ def restore(
     if set(saved) != set(params) or any(saved[n].shape != p.shape for n, p in params.items()):
         raise ConfigError(
             "the saved training state does not fit this run's model (another method or "
-            "backbone); pass --overwrite to start afresh"
+            "backbone); pass `overwrite` to start afresh"
         )
     with torch.no_grad():
         for name, param in params.items():
