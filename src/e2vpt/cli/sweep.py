@@ -54,8 +54,7 @@ SWEEP_FLAGS = {
 
 
 def add_parser(sub: Any) -> None:
-    from e2vpt.sweeps.protocol import ADAMW_BASE_LRS, SweepSettings
-    from e2vpt.sweeps.ray_engine import RaySettings
+    from e2vpt.sweeps.settings import ADAMW_BASE_LRS, RaySettings, SweepSettings
 
     parser = sub.add_parser(
         NAME,
@@ -138,8 +137,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from e2vpt.sweeps.protocol import SweepSettings, run_sweep, sweep_markdown
-    from e2vpt.sweeps.ray_engine import RaySettings
+    from e2vpt.sweeps.protocol import run_sweep, sweep_markdown
+    from e2vpt.sweeps.settings import RaySettings, SweepSettings
 
     cfg = config_from_args(args, argv, exclude=frozenset(SWEEP_FLAGS))
     settings = SweepSettings(
