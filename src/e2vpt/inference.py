@@ -11,21 +11,21 @@ from timm.data import resolve_data_config
 from torch import nn
 
 from e2vpt.data import Split
+from e2vpt.devices import check_device_name, unknown_device
 from e2vpt.errors import ConfigError
 from e2vpt.model import PromptedModel
 
 
 def parse_device(name: str) -> torch.device:
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` (… any name torch knows) as a device;
-    a name torch does not know is a clear error. ``auto`` is the CPU here."""
-    if name == "auto":
+    a name torch does not know is a clear error (:func:`e2vpt.devices.check_device_name`
+    checks the name without torch). ``auto`` is the CPU here."""
+    if check_device_name(name) == "auto":
         return torch.device("cpu")
     try:
         return torch.device(name)
     except (RuntimeError, ValueError):
-        raise ConfigError(
-            f"unknown device {name!r}; use auto, cpu, cuda or cuda:N (e.g. cuda:0)"
-        ) from None
+        raise unknown_device(name) from None
 
 
 def resolve_device(name: str) -> torch.device:

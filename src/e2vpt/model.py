@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from e2vpt.errors import ConfigError
 from e2vpt.layers.prompts import VisualPrompts
+from e2vpt.layers.settings import HEAD_INITS
 
 if TYPE_CHECKING:
     from e2vpt.methods.base import MethodConfig
@@ -47,9 +48,6 @@ def backbone_fingerprint(backbone: nn.Module) -> str | None:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-# kaiming: the official VPT/E²VPT head (kaiming_normal_ fan-out, std √(2/C); bias
-# −log 99, a 1 % prior); trunc-normal: timm's (std 0.02, bias 0)
-HEAD_INITS = ("kaiming", "trunc-normal")
 HEAD_BIAS_PRIOR = 0.01
 
 

@@ -1,100 +1,54 @@
-"""Backbone creation by name: timm hub names, the bundled demo ViT, local weight files."""
+"""Backbones by name: timm hub names, the bundled demo ViT, local weight files.
+
+Importing the package imports no torch or timm: each name below comes from its module on
+first access (:mod:`e2vpt.backbones.names` is torch-free; :mod:`e2vpt.backbones.create`
+imports timm and registers the demo backbone with it), so a config or the command line
+can read :data:`DEMO_BACKBONE` for nothing."""
 
 from __future__ import annotations
 
-import difflib
-import os
-from pathlib import Path
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING
 
-import timm
-from torch import nn
+if TYPE_CHECKING:
+    from e2vpt.backbones.create import backbone_for_run, create_backbone
+    from e2vpt.backbones.names import ALIASES, DEMO_BACKBONE, canonical_name, check_weights_file
+    from e2vpt.backbones.weight_files import load_weights_file
+    from e2vpt.errors import BackboneError
 
-from e2vpt.backbones.demo import DEMO_BACKBONE, demo_vit_cifar10  # noqa: F401 (registers)
-from e2vpt.backbones.weight_files import BackboneError, load_weights_file, looks_like_mae
-from e2vpt.errors import ConfigError
-
-ALIASES = {"demo-vit-cifar10": DEMO_BACKBONE, "demo": DEMO_BACKBONE}
-
-
-def canonical_name(name: str) -> str:
-    return ALIASES.get(name.strip(), name.strip())
-
-
-def _check_known(name: str) -> None:
-    arch = name.split(".", 1)[0]
-    if timm.is_model(arch):
-        return
-    candidates = timm.list_models()
-    close = difflib.get_close_matches(arch, candidates, n=5, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ConfigError(
-        f"unknown backbone {name!r}.{hint} Use a timm model name (see timm.list_models()), "
-        f"e.g. 'vit_base_patch16_224.augreg_in21k', or the bundled {DEMO_BACKBONE!r}"
-    )
+# name → the module that is its home
+_HOMES = {
+    "ALIASES": "e2vpt.backbones.names",
+    "DEMO_BACKBONE": "e2vpt.backbones.names",
+    "canonical_name": "e2vpt.backbones.names",
+    "check_weights_file": "e2vpt.backbones.names",
+    "backbone_for_run": "e2vpt.backbones.create",
+    "create_backbone": "e2vpt.backbones.create",
+    "load_weights_file": "e2vpt.backbones.weight_files",
+    "BackboneError": "e2vpt.errors",
+}
 
 
-def check_weights_file(path: str | None, trained_in: Path | None = None) -> None:
-    """A weights path that is not a file here is a one-line error before anything loads:
-    one given with --weights says so; one a run stored (``trained_in``: its folder, made
-    elsewhere) names the flag that points to it here."""
-    if path is None or Path(path).is_file():
-        return
-    if trained_in is not None:
-        raise ConfigError(
-            f"{trained_in} was trained on backbone weights {path}, which do not exist here; "
-            "pass --weights PATH to the same weights file"
-        )
-    raise ConfigError(
-        f"--weights {path}: no such file; pass the path of the backbone's weights file "
-        "(or leave --weights out for the hub / bundled weights)"
-    )
+def __getattr__(name: str) -> object:
+    """``from e2vpt.backbones import create_backbone`` imports timm only then."""
+    if name not in _HOMES:
+        raise AttributeError(f"module 'e2vpt.backbones' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # found directly from now on
+    return value
 
 
-def create_backbone(
-    name: str = DEMO_BACKBONE,
-    pretrained: bool = True,
-    weights: str | Path | None = None,
-    **kwargs: Any,
-) -> nn.Module:
-    """Create a backbone by name, with its pretrained weights (hub, bundled or ``weights``)."""
-    name = canonical_name(name)
-    _check_known(name)
-    try:
-        model = timm.create_model(name, pretrained=pretrained and weights is None, **kwargs)
-    except Exception as err:  # noqa: BLE001 - hub, network and config errors alike
-        if weights is None and pretrained:
-            raise BackboneError(
-                f"could not get pretrained weights for {name!r} ({err}). Without network "
-                f"access, pass a local file with --weights PATH (or weights=...), or use the "
-                f"bundled {DEMO_BACKBONE!r}"
-            ) from err
-        raise BackboneError(f"could not create {name!r}: {err}") from err
-    if weights is not None:
-        load_weights_file(model, weights)
-    model.e2vpt_backbone_name = name
-    # MAE features are the mean of the patch tokens, normalised after pooling
-    model.e2vpt_pool_convention = "avg-fc-norm" if looks_like_mae(name, weights) else None
-    # stored absolute in checkpoints, so a run can be evaluated from any folder
-    model.e2vpt_backbone_weights = os.path.abspath(weights) if weights is not None else None
-    return model
-
-
-def backbone_for_run(meta: dict[str, Any], weights: str | None, run_dir: Path) -> nn.Module | None:
-    """The backbone to load a run onto: from ``weights`` when given; else None (the
-    checkpoint rebuilds the one it names), once the weights path it stored is checked to
-    exist here, so a run made elsewhere is a one-line error before anything loads."""
-    if weights is None:
-        check_weights_file(meta.get("backbone_weights"), trained_in=run_dir)
-        return None
-    check_weights_file(weights)
-    return create_backbone(meta["backbone"], weights=weights)
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
 
 
 __all__ = [
+    "ALIASES",
     "DEMO_BACKBONE",
     "BackboneError",
     "backbone_for_run",
+    "canonical_name",
+    "check_weights_file",
     "create_backbone",
     "load_weights_file",
 ]

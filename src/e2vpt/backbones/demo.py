@@ -10,9 +10,9 @@ import torch
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 
+from e2vpt.backbones.names import DEMO_BACKBONE
 from e2vpt.errors import BackboneError
 
-DEMO_BACKBONE = "demo_vit_cifar10"
 WEIGHTS_FILE = "demo_vit_cifar10.safetensors"
 
 # CIFAR-10 channel statistics: the backbone was pretrained with them.

@@ -19,8 +19,8 @@ INTERRUPT_SAYS_MORE = False
 
 def add_pruning_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
     """The pruning grid, score and mode (``e2vpt prune``: no prefix; ``sweep``: prune-)."""
-    from e2vpt.layers.prompts import PRUNE_MODES
-    from e2vpt.pruning.importance import SCORE_DEFINITIONS, SCORE_MODES
+    from e2vpt.layers.settings import PRUNE_MODES
+    from e2vpt.pruning.settings import SCORE_DEFINITIONS, SCORE_MODES
     from e2vpt.recipes import PRUNE_CHOICES
 
     tokens, segments = PRUNE_CHOICES["token_fractions"], PRUNE_CHOICES["segment_fractions"]
@@ -102,7 +102,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from e2vpt.pruning.search import PruneSettings, prune_run
+    from e2vpt.pruning.search import prune_run
+    from e2vpt.pruning.settings import PruneSettings
     from e2vpt.runs import ADAPTER_TENSORS_FILE, PRUNING_CURVE_FILE, PRUNING_REPORT_NAME
 
     settings = PruneSettings(

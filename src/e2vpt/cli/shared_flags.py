@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-DEVICE_HELP = "auto | cpu | cuda | cuda:N (default: auto)"  # predict, serve, eval
+from e2vpt.devices import DEVICE_CHOICES
+
+DEVICE_HELP = f"{DEVICE_CHOICES} (default: auto)"  # predict, serve, eval
 
 
 def add_weights_flag(parser: argparse.ArgumentParser) -> None:

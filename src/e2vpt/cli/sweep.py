@@ -54,8 +54,7 @@ SWEEP_FLAGS = {
 
 
 def add_parser(sub: Any) -> None:
-    from e2vpt.sweeps.protocol import ADAMW_BASE_LRS, SweepSettings
-    from e2vpt.sweeps.ray_engine import RaySettings
+    from e2vpt.sweeps.settings import ADAMW_BASE_LRS, SweepSettings
 
     parser = sub.add_parser(
         NAME,
@@ -97,12 +96,21 @@ def add_parser(sub: Any) -> None:
         help="e2vpt: also prune (fractions chosen on val) and report the pruned model",
     )
     add_pruning_flags(parser, "prune-")
+    _add_ray_flags(parser, sweep_defaults.engine)
+    add_train_flags(parser, skip={"method_config", *SWEEP_OWNED})
+    parser.set_defaults(run_command=run)
+
+
+def _add_ray_flags(parser: argparse.ArgumentParser, default_engine: str) -> None:
+    """The engine choice and the Ray engine's settings (:class:`RaySettings`)."""
+    from e2vpt.sweeps.settings import RaySettings
+
     ray_defaults = RaySettings()
     ray = parser.add_argument_group("Ray engine (pip install 'e2vpt[ray]')")
     ray.add_argument(
         "--engine",
         choices=("local", "ray"),
-        default=sweep_defaults.engine,
+        default=default_engine,
         help="local: this process (or --devices workers); ray: Ray Tune trials on a cluster",
     )
     ray.add_argument(
@@ -133,13 +141,11 @@ def add_parser(sub: Any) -> None:
         default=ray_defaults.asha_reduction_factor,
         help="keep the best 1/factor at every rung (default: %(default)s)",
     )
-    add_train_flags(parser, skip={"method_config", *SWEEP_OWNED})
-    parser.set_defaults(run_command=run)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from e2vpt.sweeps.protocol import SweepSettings, run_sweep, sweep_markdown
-    from e2vpt.sweeps.ray_engine import RaySettings
+    from e2vpt.sweeps.protocol import run_sweep, sweep_markdown
+    from e2vpt.sweeps.settings import RaySettings, SweepSettings
 
     cfg = config_from_args(args, argv, exclude=frozenset(SWEEP_FLAGS))
     settings = SweepSettings(

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from e2vpt.data.formats import AUGMENTATIONS
+
 
 def hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     flip = torch.rand(x.shape[0], generator=generator) < 0.5
@@ -61,9 +63,6 @@ def random_crops_flip(
     windows = zip(images, offsets, strict=True)
     crops = torch.stack([img[:, oy : oy + size, ox : ox + size] for img, (oy, ox) in windows])
     return hflip(crops, generator)
-
-
-AUGMENTATIONS = ("none", "flip", "crop-flip", "random-crop-flip")
 
 
 def apply_augment(

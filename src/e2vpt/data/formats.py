@@ -25,6 +25,10 @@ VTAB_PREFIX = "vtab:"
 FGVC_PREFIX = "fgvc:"
 CIFAR_LT_PREFIX = "cifar100-lt"
 
+# the training augmentations (a format's protocol names one; `augment` of a run
+# config another), implemented by e2vpt.data.augment
+AUGMENTATIONS = ("none", "flip", "crop-flip", "random-crop-flip")
+
 # the formats' kinds (DataSpec.kind)
 BUILTIN, FOLDER, VTAB, FGVC, CIFAR100_LT = "builtin", "folder", "vtab", "fgvc", "cifar100-lt"
 

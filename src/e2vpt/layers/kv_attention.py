@@ -21,10 +21,7 @@ from e2vpt.layers.attention import (
     block_forward,
     supports_block_forward,
 )
-
-# heads: Kaiming-uniform on the (heads, m, head_dim) tensor, fan-in m·head_dim, bound
-# √(6/(m·head_dim)) (the official E²VPT code); width: on the (m, d) view, bound √(6/d)
-KV_INITS = ("heads", "width")
+from e2vpt.layers.settings import KV_INITS
 
 
 def init_kv_prompt(num_heads: int, tokens: int, head_dim: int, how: str = "heads") -> torch.Tensor:

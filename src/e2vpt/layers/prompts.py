@@ -9,14 +9,12 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from e2vpt.layers.settings import PRUNE_MODES, SEGMENT_LAYOUTS
+
 
 def prompt_init_bound(patch_size: tuple[int, int], dim: int) -> float:
     """VPT's Xavier-style bound v = sqrt(6 / (3·P·P + d)) (0.0625 for ViT-B/16)."""
     return math.sqrt(6.0 / (3 * patch_size[0] * patch_size[1] + dim))
-
-
-SEGMENT_LAYOUTS = ("interleaved", "contiguous")
-PRUNE_MODES = ("remove", "zero")
 
 
 def segment_of_dims(dim: int, segments: int, layout: str) -> torch.Tensor:

@@ -7,41 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-import torch
-from torch import nn
-
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
 from e2vpt.settings import setting
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from e2vpt.model import PromptedModel
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
-
-
-class Bottleneck(nn.Module):
-    def __init__(self, width: int, hidden: int, activation: str) -> None:
-        super().__init__()
-        self.down = nn.Linear(width, hidden)
-        self.act = ACTIVATIONS[activation]()
-        self.up = nn.Linear(hidden, width)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(self.act(self.down(x)))
-
-
-class MLPWithAdapter(nn.Module):
-    """A block's own MLP, then the adapter on its output (the block adds the residual
-    of the MLP branch as before)."""
-
-    def __init__(self, mlp: nn.Module, adapter: Bottleneck) -> None:
-        super().__init__()
-        self.mlp, self.adapter = mlp, adapter
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.adapter(self.mlp(x))
+# the bottleneck's activation: option value → the torch.nn layer (e2vpt.layers.adapter)
+ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU"}
 
 
 @dataclass
@@ -71,8 +46,20 @@ class AdapterConfig(MethodConfig):
 
 @register_method(AdapterConfig, "bottleneck adapters after every MLP + head (Adapter)", rank=6)
 def apply_adapter(model: PromptedModel, config: AdapterConfig) -> None:
+    from e2vpt.layers.adapter import Bottleneck, MLPWithAdapter
+
     model.freeze_backbone()
     for block in model.backbone_blocks():
         width = int(block.mlp.fc2.out_features)
         hidden = max(1, width // config.reduction)
         block.mlp = MLPWithAdapter(block.mlp, Bottleneck(width, hidden, config.activation))
+
+
+def __getattr__(name: str) -> object:
+    """The modules this method builds live in :mod:`e2vpt.layers.adapter` (torch); the
+    old names here still find them."""
+    if name in ("Bottleneck", "MLPWithAdapter"):
+        from e2vpt.layers import adapter
+
+        return getattr(adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

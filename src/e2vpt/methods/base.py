@@ -1,15 +1,19 @@
-"""Method configs and the registry that maps CLI/method names to them."""
+"""Method configs and the registry that maps CLI/method names to them.
+
+Torch-free, like every method's module: a config is read, validated and turned into
+flags without torch; only a method's ``apply`` (run on a model) imports it."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from e2vpt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass
@@ -107,7 +111,7 @@ class MethodConfig:
 
 # apply(model, config): the model is an e2vpt.model.PromptedModel (typed loosely here,
 # since the model module builds on the method configs, not the other way round)
-ApplyFn = Callable[[nn.Module, Any], None]
+ApplyFn = Callable[["nn.Module", Any], None]
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from torch import nn
-
 from e2vpt.methods.base import MethodConfig, register_method
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from e2vpt.model import PromptedModel
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from torch import nn
-
-from e2vpt.layers.kv_attention import KV_INITS
-from e2vpt.layers.prompts import SEGMENT_LAYOUTS
+from e2vpt.layers.settings import KV_INITS, SEGMENT_LAYOUTS
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
 from e2vpt.settings import setting
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from e2vpt.model import PromptedModel
 
 

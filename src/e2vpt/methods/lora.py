@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from torch import nn
-
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
 from e2vpt.settings import setting
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from e2vpt.model import PromptedModel
 
 # which Linear layers of every attention get a low-rank update

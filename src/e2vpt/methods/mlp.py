@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from torch import nn
-
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
 from e2vpt.settings import setting
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from e2vpt.model import PromptedModel
 
 
@@ -36,9 +36,7 @@ class MLPConfig(MethodConfig):
 
 @register_method(MLPConfig, "a k-layer MLP head on frozen features (MLP-k)", rank=3)
 def apply_mlp(model: PromptedModel, config: MLPConfig) -> None:
+    from e2vpt.layers.mlp_head import mlp_pre_head
+
     model.freeze_backbone()
-    width = model.feature_width
-    hidden: list[nn.Module] = []
-    for _ in range(config.layers - 1):
-        hidden += [nn.Linear(width, width), nn.ReLU()]
-    model.pre_head = nn.Sequential(*hidden)
+    model.pre_head = mlp_pre_head(model.feature_width, config.layers)

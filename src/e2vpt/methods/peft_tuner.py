@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
-from torch import nn
 
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
 from e2vpt.settings import setting
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from e2vpt.model import PromptedModel
 
 # timm's Linear layers, for the messages: attention qkv / proj, MLP fc1 / fc2

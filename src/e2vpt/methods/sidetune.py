@@ -19,18 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-import timm
-import torch
-from torch import nn
-
-from e2vpt.backbones.weight_files import read_torch_file, unwrap_state
-from e2vpt.data.core import note
-from e2vpt.errors import BackboneError
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
 from e2vpt.settings import setting
-from e2vpt.state import diff_state
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from e2vpt.model import PromptedModel
 
 BUILT_IN = "convs"
@@ -48,50 +42,6 @@ def side_weights_argument(value: str) -> str:
             f"or '{HUB_WEIGHTS}' for timm's weights of a timm --side-network)"
         )
     return value
-
-
-def build_conv_stack(channels: int, layers: int) -> nn.Sequential:
-    convs: list[nn.Module] = []
-    in_channels = 3
-    for _ in range(layers):
-        convs += [nn.Conv2d(in_channels, channels, 3, stride=2, padding=1), nn.ReLU()]
-        in_channels = channels
-    return nn.Sequential(*convs)
-
-
-class SideNetwork(nn.Module):
-    """Image → a feature-width vector, blended with the frozen features. The built-in
-    stack lives in ``convs`` (its tensor names in older checkpoints), a timm side network
-    in ``network``."""
-
-    def __init__(
-        self, width: int, config: SidetuneConfig, network: nn.Module | None = None
-    ) -> None:
-        super().__init__()
-        if network is None:
-            self.convs = build_conv_stack(config.channels, config.conv_layers)
-            out_width = config.channels
-        else:
-            self.network = network
-            out_width = int(network.num_features)
-        self.project = nn.Linear(out_width, width)
-        # α = sigmoid(alpha_logit): the blend starts at ``blend_init``
-        self.alpha_logit = nn.Parameter(torch.logit(torch.tensor(float(config.blend_init))))
-
-    @property
-    def body(self) -> nn.Module:
-        """The side network proper (what ``--side-weights`` loads)."""
-        return self.network if hasattr(self, "network") else self.convs
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "network"):
-            return self.network(images)  # timm, num_classes=0: pooled features
-        return self.convs(images).mean(dim=(2, 3))
-
-    def forward(self, features: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        side = self.project(self.encode(images))
-        alpha = torch.sigmoid(self.alpha_logit)
-        return alpha * features + (1 - alpha) * side.to(features.dtype)
 
 
 @dataclass
@@ -131,7 +81,7 @@ class SidetuneConfig(MethodConfig):
             )
         if not 0 < self.blend_init < 1:
             raise ConfigError(f"sidetune: blend_init must be in (0, 1), got {self.blend_init}")
-        if self.side_network != BUILT_IN and not timm.is_model(self.side_network):
+        if self.side_network != BUILT_IN and not _is_timm_model(self.side_network):
             raise ConfigError(
                 f"sidetune: side_network {self.side_network!r} is neither '{BUILT_IN}' nor a "
                 "timm model name (see timm.list_models(), e.g. resnet18)"
@@ -149,51 +99,31 @@ class SidetuneConfig(MethodConfig):
         return name.startswith(("head.", "side_branch."))
 
 
-def _timm_side_network(config: SidetuneConfig) -> nn.Module:
-    pretrained = config.side_weights == HUB_WEIGHTS
-    try:
-        return timm.create_model(config.side_network, pretrained=pretrained, num_classes=0)
-    except Exception as err:  # noqa: BLE001 - hub and timm failures vary
-        if not pretrained:
-            raise
-        raise BackboneError(
-            f"could not fetch timm's weights for side network {config.side_network!r} "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-            "give a local weights file with --side-weights FILE"
-        ) from err
+def _is_timm_model(name: str) -> bool:
+    import timm  # only a timm side network needs it, when its config is validated
 
-
-def load_side_weights(side: SideNetwork, path: Path) -> None:
-    """A side network's own state dict (or a training checkpoint holding it); a
-    classifier the side network does not have is dropped, and that is said."""
-    if not path.is_file():
-        raise ConfigError(f"sidetune: side-network weights file {path} does not exist")
-    state = unwrap_state(read_torch_file(path), path)
-    body = side.body
-    own = body.state_dict()
-    classifier = getattr(body, "pretrained_cfg", {}).get("classifier")
-    if classifier:
-        dropped = [k for k in state if k.startswith(f"{classifier}.") and k not in own]
-        if dropped:
-            note(f"{path.name}: the side network has no classifier; dropped {', '.join(dropped)}")
-            state = {k: v for k, v in state.items() if k not in dropped}
-    diff = diff_state(own, state)
-    if diff:
-        raise ConfigError(
-            f"sidetune: {path} does not fit side network {side_description(side)}: "
-            f"{diff.describe()}"
-        )
-    body.load_state_dict(state)
-
-
-def side_description(side: SideNetwork) -> str:
-    return type(side.body).__name__ if hasattr(side, "network") else f"'{BUILT_IN}'"
+    return bool(timm.is_model(name))
 
 
 @register_method(SidetuneConfig, "a side network blended with frozen features + head", rank=4)
 def apply_sidetune(model: PromptedModel, config: SidetuneConfig) -> None:
+    from e2vpt.layers.side_network import SideNetwork, load_side_weights, timm_side_network
+
     model.freeze_backbone()
-    network = None if config.side_network == BUILT_IN else _timm_side_network(config)
+    network = None if config.side_network == BUILT_IN else timm_side_network(config)
     model.side_branch = SideNetwork(model.feature_width, config, network)
     if config.side_weights and config.side_weights != HUB_WEIGHTS:
         load_side_weights(model.side_branch, Path(config.side_weights))
+
+
+# the modules and loading this method builds on live in e2vpt.layers.side_network (torch)
+_MOVED = ("SideNetwork", "build_conv_stack", "load_side_weights", "side_description")
+
+
+def __getattr__(name: str) -> object:
+    """The old names here still find what moved to :mod:`e2vpt.layers.side_network`."""
+    if name in _MOVED:
+        from e2vpt.layers import side_network
+
+        return getattr(side_network, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

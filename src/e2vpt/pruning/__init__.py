@@ -3,11 +3,49 @@
 scores = importance_scores(model, images, labels)          # ∂L/∂γ, ∂L/∂μ per entry
 apply_plan(model, make_plan(scores, 0.5, 0.25))           # fewer tokens, sparse segments
 report = prune_run("runs/my_task", PruneSettings())       # the whole `e2vpt prune`
+
+Importing the package imports no torch: each name below comes from its module on first
+access, so :mod:`e2vpt.pruning.settings` stays cheap to import.
 """
 
-from e2vpt.pruning.importance import SCORE_MODES, ImportanceScores, importance_scores
-from e2vpt.pruning.plan import PruningPlan, apply_plan, check_fractions, make_plan
-from e2vpt.pruning.search import PruneReport, PruneSettings, prune_run
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from e2vpt.pruning.importance import ImportanceScores, importance_scores
+    from e2vpt.pruning.plan import PruningPlan, apply_plan, check_fractions, make_plan
+    from e2vpt.pruning.search import PruneReport, prune_run
+    from e2vpt.pruning.settings import SCORE_MODES, PruneSettings
+
+# name → the module that is its home
+_HOMES = {
+    "SCORE_MODES": "e2vpt.pruning.settings",
+    "PruneSettings": "e2vpt.pruning.settings",
+    "ImportanceScores": "e2vpt.pruning.importance",
+    "importance_scores": "e2vpt.pruning.importance",
+    "PruningPlan": "e2vpt.pruning.plan",
+    "apply_plan": "e2vpt.pruning.plan",
+    "check_fractions": "e2vpt.pruning.plan",
+    "make_plan": "e2vpt.pruning.plan",
+    "PruneReport": "e2vpt.pruning.search",
+    "prune_run": "e2vpt.pruning.search",
+}
+
+
+def __getattr__(name: str) -> object:
+    """``from e2vpt.pruning import make_plan`` imports torch only then."""
+    if name not in _HOMES:
+        raise AttributeError(f"module 'e2vpt.pruning' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
+
 
 __all__ = [
     "SCORE_MODES",

@@ -20,19 +20,7 @@ from e2vpt.layers.prompts import PRUNE_MODES, VisualPrompts
 from e2vpt.methods.base import ConfigError
 from e2vpt.methods.e2vpt import E2VPTConfig
 from e2vpt.model import PromptedModel
-
-# lower = pruned first, for every score
-SCORE_MODES = ("ablation", "official", "abs", "signed", "random")
-SCORE_DEFINITIONS = {
-    "ablation": "tokens: how much the mean training loss rises when the token is taken "
-    "out of every layer (removed, or zeroed in zero mode), measured exactly; segments: "
-    "mean −∂L/∂μ, the first-order estimate of the same",
-    "official": "mean over batches of ∂L/∂mask, lowest pruned first (the official E²VPT code)",
-    "abs": "mean over batches of |∂L/∂mask| (the E²VPT paper's formulation)",
-    "signed": "mean over batches of −∂L/∂mask: the first-order estimate of how much the "
-    "loss rises when the entry is removed (mask 1 → 0)",
-    "random": "uniform random scores from the run's seed (a control)",
-}
+from e2vpt.pruning.settings import SCORE_DEFINITIONS, SCORE_MODES
 
 
 @dataclass

@@ -19,14 +19,8 @@ from e2vpt.checkpoint import CheckpointError, load
 from e2vpt.data import Task
 from e2vpt.files import atomic_write_bytes, atomic_write_text
 from e2vpt.inference import model_data_settings, resolve_device
-from e2vpt.layers.prompts import PRUNE_MODES
 from e2vpt.methods.base import ConfigError, method_config
-from e2vpt.pruning.importance import (
-    SCORE_DEFINITIONS,
-    SCORE_MODES,
-    ImportanceScores,
-    importance_scores,
-)
+from e2vpt.pruning.importance import ImportanceScores, importance_scores
 from e2vpt.pruning.plan import (
     PruningPlan,
     apply_plan,
@@ -35,7 +29,7 @@ from e2vpt.pruning.plan import (
     make_plan,
 )
 from e2vpt.pruning.report import plot_pruning, report_rows
-from e2vpt.recipes import PRUNE_CHOICES, check_recipe, resolve_choice
+from e2vpt.pruning.settings import SCORE_DEFINITIONS, PruneSettings, ResolvedPruning
 from e2vpt.reporting import format_table, write_csv, write_json
 from e2vpt.runs import (
     CHECKPOINT_FILES,
@@ -53,73 +47,6 @@ from e2vpt.runs import (
 )
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.trainer import load_task_for, seed_everything, train
-
-
-@dataclass
-class PruneSettings:
-    """What ``e2vpt prune`` does. Fields left at None take the recipe's value (the
-    run's own recipe unless ``recipe`` says otherwise)."""
-
-    token_fractions: list[float] | None = None  # None: the recipe's grid
-    segment_fractions: list[float] | None = None  # None: the recipe's grid
-    score: str | None = None  # ablation | official | abs | signed | random; None: recipe's
-    prune_mode: str | None = None  # remove | zero (kept as zero vectors); None: recipe's
-    recipe: str | None = None  # None: the run's own; must match the run's
-    output_dir: str | None = None  # None: RUN_DIR/pruned
-    epochs: int | None = None  # rewind epochs; None: the run's own (the papers' choice)
-    device: str | None = None  # None: the run's own
-    weights: str | None = None  # the backbone's weights file; None: the path the run stored
-    progress: bool = True
-
-    def validate(self) -> None:
-        if self.recipe is not None:
-            check_recipe(self.recipe)
-        if self.score is not None and self.score not in SCORE_MODES:
-            raise ConfigError(f"--score must be one of {SCORE_MODES}, got {self.score!r}")
-        if self.prune_mode is not None and self.prune_mode not in PRUNE_MODES:
-            raise ConfigError(f"--prune-mode must be one of {PRUNE_MODES}, got {self.prune_mode!r}")
-        if self.token_fractions == [] or self.segment_fractions == []:
-            raise ConfigError("the pruning grid needs at least one token and one segment fraction")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        check_weights_file(self.weights)
-
-    def resolve(self, run_recipe: str, flag_prefix: str = "--") -> ResolvedPruning:
-        # flags: --token-fractions … under `e2vpt prune`, --prune-token-fractions … under
-        # `e2vpt sweep` (flag_prefix "--prune-"); --prune-mode under both
-        """The grid, score and mode this pruning uses under the run's recipe; a value
-        the recipe contradicts, or a recipe other than the run's, is an error."""
-        self.validate()
-        recipe = self.recipe or run_recipe
-        if recipe != run_recipe:
-            raise ConfigError(
-                f"this run was trained with --recipe {run_recipe}; pruning rewinds it with its "
-                f"own recipe, so it cannot be pruned with --recipe {recipe}. Drop --recipe, "
-                f"or train the run with --recipe {recipe}"
-            )
-        values = {
-            name: resolve_choice(
-                recipe,
-                PRUNE_CHOICES[name],
-                getattr(self, name),
-                _flag(flag_prefix, name),
-            )
-            for name in ("token_fractions", "segment_fractions", "score", "prune_mode")
-        }
-        return ResolvedPruning(recipe=recipe, **values)
-
-
-def _flag(prefix: str, name: str) -> str:
-    return "--prune-mode" if name == "prune_mode" else prefix + name.replace("_", "-")
-
-
-@dataclass(frozen=True)
-class ResolvedPruning:
-    recipe: str
-    token_fractions: list[float]
-    segment_fractions: list[float]
-    score: str
-    prune_mode: str
 
 
 @dataclass

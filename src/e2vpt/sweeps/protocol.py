@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -24,84 +23,22 @@ from e2vpt.data import TRAINVAL, Task
 from e2vpt.errors import SweepError
 from e2vpt.files import atomic_write_text
 from e2vpt.methods.base import ConfigError
-from e2vpt.pruning.search import PruneSettings, ResolvedPruning, prune_run
+from e2vpt.pruning.search import prune_run
 from e2vpt.reporting import format_table, write_json
 from e2vpt.runs import PRUNING_REPORT_NAME, SWEEP_MARKDOWN_FILE, SWEEP_SUMMARY_FILE, absolute
-from e2vpt.sweeps.ray_engine import RayEngine, RaySettings
+from e2vpt.sweeps.ray_engine import RayEngine
 from e2vpt.sweeps.runner import Engine, InProcessEngine, ProcessPoolEngine, Trial, finished
+from e2vpt.sweeps.settings import (  # noqa: F401 (the old home of these names)
+    ADAMW_BASE_LRS,
+    SPEC_BASE_LRS,
+    SPEC_SEEDS,
+    SPEC_WEIGHT_DECAYS,
+    RaySettings,
+    SweepSettings,
+)
 from e2vpt.training.config import TrainConfig
 
-SPEC_BASE_LRS = [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05]
-SPEC_WEIGHT_DECAYS = [0.01, 1e-3, 1e-4, 0.0]
-# full fine-tuning trains with AdamW, whose useful lrs are ~1000× smaller than SGD's
-ADAMW_BASE_LRS = [5e-3, 1e-3, 5e-4, 1e-4]
-SPEC_SEEDS = [42, 44, 82, 100, 800]
 PRUNED_SUFFIX = "-pruned"
-
-
-@dataclass
-class SweepSettings:
-    base_lrs: list[float] | None = None  # None: the papers' grid (SGD) or ADAMW_BASE_LRS
-    weight_decays: list[float] | None = None  # None: the papers' {0.01, 1e-3, 1e-4, 0}
-    seeds: list[int] = field(default_factory=lambda: list(SPEC_SEEDS))
-    output_dir: str = "runs/sweeps"
-    devices: list[str] | None = None  # one worker process per device; None: in-process
-    engine: str = "local"  # local (in-process, or --devices workers) | ray
-    ray: RaySettings = field(default_factory=RaySettings)  # --engine ray only
-    task_name: str | None = None  # folder / report name; None: the task's own
-    group: str | None = None  # report group; None: the task's own (VTAB group, fgvc, …)
-    prune: bool = False  # E²VPT: also the pruned model (search on val, then pruned finals)
-    prune_token_fractions: list[float] | None = None  # None: the recipe's grid
-    prune_segment_fractions: list[float] | None = None  # None: the recipe's grid
-    prune_score: str | None = None  # None: the recipe's importance score
-    prune_mode: str | None = None  # remove | zero; None: the recipe's
-    progress: bool = True
-
-    def validate(self, cfg: TrainConfig) -> None:
-        for name in ("base_lrs", "weight_decays", "seeds"):
-            values = getattr(self, name)
-            if values is not None and not values:
-                raise ConfigError(f"--{name.replace('_', '-')} needs at least one value")
-        if self.base_lrs is not None and min(self.base_lrs) <= 0:
-            raise ConfigError(f"every base lr must be > 0, got {self.base_lrs}")
-        if self.weight_decays is not None and min(self.weight_decays) < 0:
-            raise ConfigError(f"every weight decay must be >= 0, got {self.weight_decays}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"--seeds repeats a seed: {self.seeds}")
-        if self.prune and cfg.build_method_config().method_name != "e2vpt":
-            raise ConfigError("--prune applies to --method e2vpt only")
-        if self.prune:
-            self.pruning(cfg)  # a pruning setting the recipe contradicts fails before any work
-        if self.engine not in ("local", "ray"):
-            raise ConfigError(f"unknown --engine {self.engine!r}; choose local or ray")
-        if self.engine == "ray" and self.devices:
-            raise ConfigError("--devices is for the local engine; Ray places trials itself")
-        if self.ray.asha and self.engine != "ray":
-            raise ConfigError("--asha needs --engine ray")
-        if self.ray.asha and not 1 <= self.ray.asha_grace_period <= cfg.epochs:
-            raise ConfigError(
-                f"--asha-grace-period must be between 1 and --epochs ({cfg.epochs}), "
-                f"got {self.ray.asha_grace_period}"
-            )
-        if self.ray.asha_reduction_factor <= 1:
-            raise ConfigError("--asha-reduction-factor must be > 1")
-
-    def prune_settings(self, output_dir: str | None = None) -> PruneSettings:
-        return PruneSettings(
-            token_fractions=self.prune_token_fractions,
-            segment_fractions=self.prune_segment_fractions,
-            score=self.prune_score,
-            prune_mode=self.prune_mode,
-            output_dir=output_dir,
-            progress=self.progress,
-        )
-
-    def pruning(self, cfg: TrainConfig) -> ResolvedPruning:
-        return self.prune_settings().resolve(cfg.recipe, flag_prefix="--prune-")
-
-    def grid(self, optimizer: str) -> tuple[list[float], list[float]]:
-        lrs = self.base_lrs or (ADAMW_BASE_LRS if optimizer == "adamw" else SPEC_BASE_LRS)
-        return list(lrs), list(self.weight_decays or SPEC_WEIGHT_DECAYS)
 
 
 def select_grid_point(records: list[dict[str, Any]]) -> dict[str, Any]:

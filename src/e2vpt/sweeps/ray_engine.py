@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,7 @@ from e2vpt.methods.base import ConfigError
 from e2vpt.reporting import write_json
 from e2vpt.runs import TRIAL_RECORD_FILE
 from e2vpt.sweeps.runner import Trial, finished, run_trial, task_for_worker
-
-
-@dataclass
-class RaySettings:
-    address: str | None = None  # None: start a local Ray instance; "auto": the running cluster
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None  # None: 1 where the cluster has GPUs, else 0
-    max_concurrent_trials: int | None = None  # None: as many as the resources allow
-    asha: bool = False  # early stopping of grid trials by val top-1
-    asha_grace_period: int = 1  # epochs every grid trial runs before it can be stopped
-    asha_reduction_factor: float = 2.0  # keep the top 1/factor at every rung
+from e2vpt.sweeps.settings import RaySettings
 
 
 def _import_ray() -> Any:

@@ -1,4 +1,7 @@
-"""The run configuration: one plain dataclass, read from YAML and/or CLI flags."""
+"""The run configuration: one plain dataclass, read from YAML and/or CLI flags.
+
+Torch-free (its imports are the other settings and their value lists), so the command
+line builds its flags and checks a config before torch is imported."""
 
 from __future__ import annotations
 
@@ -11,12 +14,12 @@ from typing import Any
 
 import yaml
 
-from e2vpt.backbones.demo import DEMO_BACKBONE
-from e2vpt.data.augment import AUGMENTATIONS
+from e2vpt.backbones.names import DEMO_BACKBONE
+from e2vpt.data.formats import AUGMENTATIONS
 from e2vpt.data.spec import DataSpec
-from e2vpt.inference import parse_device
+from e2vpt.devices import DEVICE_CHOICES, check_device_name
+from e2vpt.layers.settings import HEAD_INITS
 from e2vpt.methods.base import ConfigError, MethodConfig, get_method, method_config
-from e2vpt.model import HEAD_INITS
 from e2vpt.recipes import (
     AUTO,
     TRAIN_CHOICES,
@@ -102,9 +105,7 @@ class TrainConfig:
     optimizer: str = setting("auto", "auto (SGD; AdamW for full, as the papers) | sgd | adamw")
     momentum: float = setting(0.9, "SGD momentum")
     seed: int = setting(42, "init, shuffling and dropout")
-    augment: str = setting(
-        "auto", "auto (the task's protocol) | none | flip | crop-flip | random-crop-flip"
-    )
+    augment: str = setting("auto", " | ".join(("auto (the task's protocol)", *AUGMENTATIONS)))
     global_pool: str | None = setting(
         None, "None: backbone convention | token | avg | avg-fc-norm | map"
     )
@@ -113,7 +114,7 @@ class TrainConfig:
     eval_split: str | None = setting(
         "test", "final top-1 (None: none, as in a sweep's grid trials)"
     )
-    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    device: str = setting("auto", DEVICE_CHOICES)
     precision: str = setting("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")
     cache_features: bool = setting(True, "linear probing: run the frozen backbone once per image")
     grad_checkpointing: bool = setting(False, "recompute activations in the backward: less memory")
@@ -152,7 +153,7 @@ class TrainConfig:
             raise ConfigError(f"base_lr must be > 0, got {self.base_lr}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        parse_device(self.device)
+        check_device_name(self.device)
         if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.state_every < 0:

@@ -1,0 +1,92 @@
+"""How fast the command line answers before it does any work: ``--help``, a command's
+``--help`` and a mistyped flag, against ``import e2vpt`` and ``import torch`` for
+reference. Every row is the median wall time of fresh processes (nothing cached in the
+interpreter), run through the installed ``e2vpt`` entry point next to this interpreter,
+not through a launcher that adds its own start-up.
+
+    uv run python benchmarks/startup.py            # 5 runs per row
+    uv run python benchmarks/startup.py --runs 9
+
+Writes benchmarks/results/startup.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from e2vpt.errors import ConfigError, exit_code_of
+from e2vpt.reporting import format_table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def entry_point() -> str:
+    """The ``e2vpt`` script installed beside this interpreter (``.venv/bin/e2vpt``)."""
+    script = Path(sys.executable).with_name("e2vpt")
+    if not script.is_file():
+        raise ConfigError(f"no e2vpt entry point at {script}; install the package first")
+    return str(script)
+
+
+def rows_to_time() -> list[tuple[str, list[str]]]:
+    e2vpt = entry_point()
+    python = sys.executable
+    return [
+        ("e2vpt --help", [e2vpt, "--help"]),
+        ("e2vpt train --help", [e2vpt, "train", "--help"]),
+        ("e2vpt train --epoch 1 (flag error)", [e2vpt, "train", "--epoch", "1"]),
+        ("e2vpt info --help", [e2vpt, "info", "--help"]),
+        ('python -c "import e2vpt"', [python, "-c", "import e2vpt"]),
+        ('python -c "import torch" (reference)', [python, "-c", "import torch"]),
+    ]
+
+
+def wall_times(argv: list[str], runs: int) -> list[float]:
+    """Seconds per fresh process; the exit code is not checked (a flag error exits 2)."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="fresh processes per row")
+    args = parser.parse_args()
+    rows = []
+    for label, argv in rows_to_time():
+        times = wall_times(argv, args.runs)
+        rows.append(
+            {
+                "command": label,
+                "median_s": round(statistics.median(times), 3),
+                "min_s": round(min(times), 3),
+                "max_s": round(max(times), 3),
+            }
+        )
+    where = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    table = format_table(rows, float_digits=3)
+    print(f"{where}, median of {args.runs} fresh processes\n\n{table}")
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / "startup"
+    stem.with_suffix(".json").write_text(
+        json.dumps({"machine": where, "runs": args.runs, "rows": rows}, indent=2) + "\n"
+    )
+    stem.with_suffix(".md").write_text(
+        f"{where}, median of {args.runs} fresh processes\n\n{table}\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(exit_code_of(main, "startup.py"))
