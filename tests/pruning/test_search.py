@@ -172,10 +172,10 @@ def test_the_official_grid_is_72_rewinds_for_10_tokens_and_distinct_for_fewer() 
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (dict(recipe="official"), "trained with --recipe default; .* cannot be pruned"),
-        (dict(prune_mode="remove"), "drop --prune-mode or use --recipe default"),
-        (dict(score="abs"), "drop --score or use --recipe default"),
-        (dict(token_fractions=[0.5]), "drop --token-fractions or use --recipe default"),
+        (dict(recipe="official"), "trained with `recipe` default; .* cannot be pruned"),
+        (dict(prune_mode="remove"), "drop `prune_mode` or use `recipe` default"),
+        (dict(score="abs"), "drop `score` or use `recipe` default"),
+        (dict(token_fractions=[0.5]), "drop `token_fractions` or use `recipe` default"),
     ],
 )
 def test_pruning_settings_a_recipe_cannot_honour_fail_first(settings: dict, message: str) -> None:

@@ -55,33 +55,33 @@ class PruneSettings:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         check_weights_file(self.weights)
 
-    def resolve(self, run_recipe: str, flag_prefix: str = "--") -> ResolvedPruning:
-        # flags: --token-fractions … under `e2vpt prune`, --prune-token-fractions … under
-        # `e2vpt sweep` (flag_prefix "--prune-"); --prune-mode under both
+    def resolve(self, run_recipe: str, setting_prefix: str = "") -> ResolvedPruning:
         """The grid, score and mode this pruning uses under the run's recipe; a value
-        the recipe contradicts, or a recipe other than the run's, is an error."""
+        the recipe contradicts, or a recipe other than the run's, is an error naming the
+        setting: `token_fractions` … here, `prune_token_fractions` … in a sweep
+        (``setting_prefix`` "prune_"); `prune_mode` in both."""
         self.validate()
         recipe = self.recipe or run_recipe
         if recipe != run_recipe:
             raise ConfigError(
-                f"this run was trained with --recipe {run_recipe}; pruning rewinds it with its "
-                f"own recipe, so it cannot be pruned with --recipe {recipe}. Drop --recipe, "
-                f"or train the run with --recipe {recipe}"
+                f"this run was trained with `recipe` {run_recipe}; pruning rewinds it with its "
+                f"own recipe, so it cannot be pruned with `recipe` {recipe}. Drop `recipe`, "
+                f"or train the run with `recipe` {recipe}"
             )
         values = {
             name: resolve_choice(
                 recipe,
                 PRUNE_CHOICES[name],
                 getattr(self, name),
-                _flag(flag_prefix, name),
+                _setting(setting_prefix, name),
             )
             for name in ("token_fractions", "segment_fractions", "score", "prune_mode")
         }
         return ResolvedPruning(recipe=recipe, **values)
 
 
-def _flag(prefix: str, name: str) -> str:
-    return "--prune-mode" if name == "prune_mode" else prefix + name.replace("_", "-")
+def _setting(prefix: str, name: str) -> str:
+    return "`prune_mode`" if name == "prune_mode" else f"`{prefix}{name}`"
 
 
 @dataclass(frozen=True)

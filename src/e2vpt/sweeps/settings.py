@@ -89,7 +89,7 @@ class SweepSettings:
         )
 
     def pruning(self, cfg: TrainConfig) -> ResolvedPruning:
-        return self.prune_settings().resolve(cfg.recipe, flag_prefix="--prune-")
+        return self.prune_settings().resolve(cfg.recipe, setting_prefix="prune_")
 
     def grid(self, optimizer: str) -> tuple[list[float], list[float]]:
         lrs = self.base_lrs or (ADAMW_BASE_LRS if optimizer == "adamw" else SPEC_BASE_LRS)
