@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from e2vpt.accounting import count_parameters
 from e2vpt.backbones import check_weights_file, create_backbone
+from e2vpt.backbones.input_size import backbone_input_size
 from e2vpt.checkpoint import save
 from e2vpt.data import Task, check_task_spec, load_task
 from e2vpt.data.augment import augment_batch
@@ -168,9 +169,9 @@ def _load_task(cfg: TrainConfig, image_size: int) -> Task:
 
 
 def load_task_for(cfg: TrainConfig) -> Task:
-    """The run's task at its backbone's input size, to share between several runs."""
-    image_size, _ = data_settings(create_backbone(cfg.backbone, weights=cfg.weights))
-    return _load_task(cfg, image_size)
+    """The run's task at its backbone's input size, to share between several runs. The
+    size comes from the backbone's pretrained config: no backbone is built, no weights read."""
+    return _load_task(cfg, backbone_input_size(cfg.backbone))
 
 
 def train(
