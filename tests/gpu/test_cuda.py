@@ -36,7 +36,7 @@ from e2vpt.multitask import MultiTaskModel
 from e2vpt.pruning import importance_scores
 from e2vpt.pruning.search import PruneSettings, prune_run
 from e2vpt.sweeps.protocol import SweepSettings, run_sweep
-from e2vpt.training import setup as setup_module
+from e2vpt.training import setup as training_setup
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.optim import build_optimizer, parameter_groups
 from e2vpt.training.setup import on_device_if_it_fits
@@ -109,7 +109,7 @@ def watched_train(cfg: TrainConfig, task: Task) -> TrainedRun:
     def on_epoch(_row: dict[str, Any]) -> None:
         params.update(p.device.type for p in seen["model"].parameters() if p.requires_grad)
 
-    real_place, real_build = setup_module.on_device_if_it_fits, setup_module.build_optimizer
+    real_place, real_build = training_setup.on_device_if_it_fits, training_setup.build_optimizer
 
     def place(images: torch.Tensor, device: torch.device) -> torch.Tensor:
         out = real_place(images, device)
@@ -121,8 +121,8 @@ def watched_train(cfg: TrainConfig, task: Task) -> TrainedRun:
         return optimizers[-1]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(setup_module, "on_device_if_it_fits", place)
-        patch.setattr(setup_module, "build_optimizer", build)
+        patch.setattr(training_setup, "on_device_if_it_fits", place)
+        patch.setattr(training_setup, "build_optimizer", build)
         result = train(cfg, task=task, customize=customize, on_epoch=on_epoch)
     seen["hook"].remove()
     out = Path(cfg.output_dir)
@@ -552,7 +552,7 @@ def test_a_split_is_resident_exactly_when_it_fits(
         monkeypatch.setattr(torch.cuda, "mem_get_info", no_query)
         assert on_device_if_it_fits(images, gpu_device) is images
         return
-    share = setup_module.RESIDENT_SHARE
+    share = training_setup.RESIDENT_SHARE
     fits = math.ceil(size / share)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *_: (fits, 10 * fits))
     resident = on_device_if_it_fits(images, gpu_device)

@@ -58,11 +58,7 @@ def set_up(
     """Everything the epoch loop needs, and where it starts: epoch 1, or after the
     epoch ``state`` (a resumed run's saved training state) was saved."""
     cfg = run.config
-    if ddp.enabled and cfg.batch_size < ddp.world_size:
-        raise ConfigError(
-            f"--batch-size {cfg.batch_size} is the global batch; it must be at least the "
-            f"number of processes ({ddp.world_size})"
-        )
+    _check_global_batch(cfg.batch_size, ddp)
     device = ddp.device(resolve_device(cfg.device))
     backbone, task, norm, image_size = _backbone_and_task(run, task)
     normalizer = data_settings(backbone, norm)[1].to(device)
@@ -101,6 +97,14 @@ def set_up(
         learner=_learner(run, trainable, device, ddp, steps),
     )
     return session, _loop_state(session, state, clock_start, progress)
+
+
+def _check_global_batch(batch_size: int, ddp: Distributed) -> None:
+    if ddp.enabled and batch_size < ddp.world_size:
+        raise ConfigError(
+            f"--batch-size {batch_size} is the global batch; it must be at least the "
+            f"number of processes ({ddp.world_size})"
+        )
 
 
 def seed_everything(seed: int) -> None:
