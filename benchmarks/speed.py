@@ -137,9 +137,7 @@ def build_row(spec: dict[str, Any]) -> tuple[Callable[[], None] | None, Callable
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     else:
         cfg = TrainConfig(method=method, device=str(device), precision=precision)
-        config = model.method_config
-        assert config is not None
-        optimizer = build_optimizer(model, cfg, config.optimizer, device)
+        optimizer = build_optimizer(model, cfg.resolve(), device)  # the method's optimizer
 
     def step() -> None:
         model.train()

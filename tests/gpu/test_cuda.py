@@ -36,10 +36,11 @@ from e2vpt.multitask import MultiTaskModel
 from e2vpt.pruning import importance_scores
 from e2vpt.pruning.search import PruneSettings, prune_run
 from e2vpt.sweeps.protocol import SweepSettings, run_sweep
-from e2vpt.training import trainer as trainer_module
+from e2vpt.training import setup as training_setup
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.optim import build_optimizer, parameter_groups
-from e2vpt.training.trainer import RunResult, on_device_if_it_fits, train
+from e2vpt.training.setup import on_device_if_it_fits
+from e2vpt.training.trainer import RunResult, train
 from tests.conftest import make_tiny_swin, make_tiny_vit, write_vtab_tree
 from tests.gpu.conftest import TINY_SWIN_NAME, TINY_VIT_NAME, require_cuda, tiny_task
 from tests.test_multitask import perturbed, task_models
@@ -108,7 +109,7 @@ def watched_train(cfg: TrainConfig, task: Task) -> TrainedRun:
     def on_epoch(_row: dict[str, Any]) -> None:
         params.update(p.device.type for p in seen["model"].parameters() if p.requires_grad)
 
-    real_place, real_build = trainer_module.on_device_if_it_fits, trainer_module.build_optimizer
+    real_place, real_build = training_setup.on_device_if_it_fits, training_setup.build_optimizer
 
     def place(images: torch.Tensor, device: torch.device) -> torch.Tensor:
         out = real_place(images, device)
@@ -120,8 +121,8 @@ def watched_train(cfg: TrainConfig, task: Task) -> TrainedRun:
         return optimizers[-1]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(trainer_module, "on_device_if_it_fits", place)
-        patch.setattr(trainer_module, "build_optimizer", build)
+        patch.setattr(training_setup, "on_device_if_it_fits", place)
+        patch.setattr(training_setup, "build_optimizer", build)
         result = train(cfg, task=task, customize=customize, on_epoch=on_epoch)
     seen["hook"].remove()
     out = Path(cfg.output_dir)
@@ -491,15 +492,15 @@ def test_the_fused_optimizer_is_used_on_cuda_and_steps_like_the_unfused_one(
 ) -> None:
     """``build_optimizer`` fuses on CUDA only; three steps of it equal the other
     implementation's (unfused on CUDA; on the CPU, torch's fused CPU kernel)."""
-    cfg = TrainConfig(method="e2vpt", batch_size=64, weight_decay=1e-3)
+    cfg = TrainConfig(method="e2vpt", batch_size=64, weight_decay=1e-3, optimizer=name)
     torch.manual_seed(0)
     model = e2vpt.wrap(make_tiny_vit(), e2vpt.E2VPTConfig(visual_tokens=2, kv_tokens=2), 5)
     model = model.to(gpu_device).train()
     twin = copy.deepcopy(model)
-    built = build_optimizer(model, cfg, name, gpu_device)
+    built = build_optimizer(model, cfg.resolve(), gpu_device)
     on_cuda = gpu_device.type == "cuda"
     assert built.defaults["fused"] is on_cuda
-    lr = cfg.resolved_base_lr() * cfg.batch_size / 256
+    lr = cfg.resolve().lr
     groups = parameter_groups(twin, cfg.weight_decay)
     try:
         if name == "adamw":
@@ -551,7 +552,7 @@ def test_a_split_is_resident_exactly_when_it_fits(
         monkeypatch.setattr(torch.cuda, "mem_get_info", no_query)
         assert on_device_if_it_fits(images, gpu_device) is images
         return
-    share = trainer_module.RESIDENT_SHARE
+    share = training_setup.RESIDENT_SHARE
     fits = math.ceil(size / share)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *_: (fits, 10 * fits))
     resident = on_device_if_it_fits(images, gpu_device)

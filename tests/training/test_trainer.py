@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -76,8 +77,9 @@ def test_schedule_warms_up_then_decays_and_skips_head_bias_decay() -> None:
         warmup_epochs=2,
         weight_decay=0.01,
     )
-    opt = build_optimizer(model, cfg, "sgd", torch.device("cpu"))
-    sched = build_scheduler(opt, cfg, steps_per_epoch=10)
+    run = dataclasses.replace(cfg, optimizer="sgd").resolve()
+    opt = build_optimizer(model, run, torch.device("cpu"))
+    sched = build_scheduler(opt, run, steps_per_epoch=10)
     lrs = []
     for step in range(1, 101):
         sched.step_update(step)
@@ -89,7 +91,8 @@ def test_schedule_warms_up_then_decays_and_skips_head_bias_decay() -> None:
     decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     assert decay_of[id(model.head.bias)] == 0.0
     assert decay_of[id(model.head.weight)] == 0.01
-    assert isinstance(build_optimizer(model, cfg, "adamw", torch.device("cpu")), torch.optim.AdamW)
+    adamw = dataclasses.replace(cfg, optimizer="adamw").resolve()
+    assert isinstance(build_optimizer(model, adamw, torch.device("cpu")), torch.optim.AdamW)
 
 
 def test_bad_configs_fail_before_training(tmp_path: Path) -> None:
@@ -146,7 +149,7 @@ def test_speed_flags_train_the_same_model(
     flag: str, tmp_path: Path, small_task: Task, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--grad-checkpointing and --compile change how the step runs, not what it computes."""
-    import e2vpt.training.trainer as trainer
+    import e2vpt.training.setup as setup
 
     compiled: list[torch.nn.Module] = []
     real_compile = torch.nn.Module.compile
@@ -155,7 +158,7 @@ def test_speed_flags_train_the_same_model(
         compiled.append(self)
         real_compile(self, **options)
 
-    monkeypatch.setattr(trainer, "COMPILE_OPTIONS", {"backend": "eager"})  # no C++ build
+    monkeypatch.setattr(setup, "COMPILE_OPTIONS", {"backend": "eager"})  # no C++ build
     monkeypatch.setattr(torch.nn.Module, "compile", recording_compile)
     options = {"method": "e2vpt", "method_config": {"visual_tokens": 2, "kv_tokens": 1}}
     _, plain = run(tmp_path / "plain", small_task, **options)

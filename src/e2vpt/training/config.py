@@ -181,20 +181,18 @@ class TrainConfig:
         return resolve_choice(self.recipe, TRAIN_CHOICES[name], getattr(self, name))
 
     def resolved_optimizer(self) -> str:
-        if self.optimizer != "auto":
-            return self.optimizer
-        return self.build_method_config().optimizer
+        return _optimizer_of(self, self.build_method_config())
 
     def resolved_warmup_epochs(self) -> int:
-        if self.warmup_epochs is not None:
-            return self.warmup_epochs
-        return round(0.1 * self.epochs)
+        return _warmup_epochs_of(self)
 
     def resolved_base_lr(self) -> float:
-        if self.base_lr is not None:
-            return self.base_lr
-        defaults = type(self.build_method_config()).default_base_lr
-        return defaults.get(self.resolved_optimizer(), 0.1)
+        method = self.build_method_config()
+        return _base_lr_of(self, method, _optimizer_of(self, method))
+
+    def resolve(self) -> ResolvedTrainConfig:
+        """Every ``auto`` settled at once (see :class:`ResolvedTrainConfig`)."""
+        return ResolvedTrainConfig.of(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -260,3 +258,68 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys")
     return values
+
+
+def _optimizer_of(cfg: TrainConfig, method: MethodConfig) -> str:
+    """``auto``: the method's (SGD; AdamW for full fine-tuning, as the papers)."""
+    return method.optimizer if cfg.optimizer == AUTO else cfg.optimizer
+
+
+def _base_lr_of(cfg: TrainConfig, method: MethodConfig, optimizer: str) -> float:
+    """None: the method's default for the optimiser."""
+    if cfg.base_lr is not None:
+        return cfg.base_lr
+    return type(method).default_base_lr.get(optimizer, 0.1)
+
+
+def _warmup_epochs_of(cfg: TrainConfig) -> int:
+    """None: 10 % of the epochs (the papers' 10 of 100)."""
+    if cfg.warmup_epochs is not None:
+        return cfg.warmup_epochs
+    return round(0.1 * cfg.epochs)
+
+
+@dataclass(frozen=True)
+class ResolvedTrainConfig:
+    """A run's config with every recipe-governed and ``auto`` field settled, made once
+    (by the trainer's preflight) so that the trainer and the optimiser read values instead
+    of resolving them again. ``config`` is the config as given, what train_config.yaml
+    stores: read the fields below from here, the others from it."""
+
+    config: TrainConfig
+    method: MethodConfig
+    optimizer: str
+    base_lr: float
+    warmup_epochs: int
+    lr_schedule_unit: str
+    head_init: str
+    normalize: str  # may be ``task``: the task's protocol, settled with the task
+    augment: str | None  # None: the task's protocol, known once the task is loaded
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> ResolvedTrainConfig:
+        method = cfg.build_method_config()
+        optimizer = _optimizer_of(cfg, method)
+        return cls(
+            config=cfg,
+            method=method,
+            optimizer=optimizer,
+            base_lr=_base_lr_of(cfg, method, optimizer),
+            warmup_epochs=_warmup_epochs_of(cfg),
+            augment=None if cfg.augment == AUTO else cfg.augment,
+            **{name: cfg.resolved(name) for name in ("lr_schedule_unit", "head_init", "normalize")},
+        )
+
+    @property
+    def lr(self) -> float:
+        """The peak learning rate: base_lr × batch / 256."""
+        return self.base_lr * self.config.batch_size / 256
+
+    @property
+    def per_epoch_schedule(self) -> bool:
+        """The official schedule: one lr for a whole epoch (else one per update)."""
+        return self.lr_schedule_unit == "epoch"
+
+    def augment_for(self, task_augment: str) -> str:
+        """The augmentation trained with, given the task's protocol (``task.augment``)."""
+        return task_augment if self.augment is None else self.augment

@@ -9,7 +9,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from e2vpt.model import PromptedModel
-from e2vpt.training.config import TrainConfig
+from e2vpt.training.config import ResolvedTrainConfig
 
 
 def parameter_groups(model: PromptedModel | nn.Module, weight_decay: float) -> list[dict]:
@@ -25,28 +25,28 @@ def parameter_groups(model: PromptedModel | nn.Module, weight_decay: float) -> l
 
 
 def build_optimizer(
-    model: PromptedModel | nn.Module, cfg: TrainConfig, optimizer: str, device: torch.device
+    model: PromptedModel | nn.Module, run: ResolvedTrainConfig, device: torch.device
 ) -> torch.optim.Optimizer:
-    lr = cfg.resolved_base_lr() * cfg.batch_size / 256
-    groups = parameter_groups(model, cfg.weight_decay)
+    """The run's optimiser at its peak lr, fused on CUDA."""
+    groups = parameter_groups(model, run.config.weight_decay)
     fused = device.type == "cuda"
-    if optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, fused=fused)
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, fused=fused)
+    if run.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=run.lr, fused=fused)
+    return torch.optim.SGD(groups, lr=run.lr, momentum=run.config.momentum, fused=fused)
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, run: ResolvedTrainConfig, steps_per_epoch: int
 ) -> CosineLRScheduler:
     """Linear warm-up from 0 for ``warmup_epochs``, then cosine to 0 over the rest.
 
     ``lr_schedule_unit`` ``update``: the lr changes every update (``step_update``).
     ``epoch`` (the official code): ``step(e)`` at the start of epoch e sets e/W · lr
     during warm-up, then 0.5·(1 + cos(π(e − W)/(T − W))) · lr, for the whole epoch."""
-    per_epoch = cfg.resolved("lr_schedule_unit") == "epoch"
+    per_epoch = run.per_epoch_schedule
     unit = 1 if per_epoch else steps_per_epoch
-    warmup = cfg.resolved_warmup_epochs() * unit
-    total = cfg.epochs * unit
+    warmup = run.warmup_epochs * unit
+    total = run.config.epochs * unit
     return CosineLRScheduler(
         optimizer,
         t_initial=max(1, total - warmup),
