@@ -117,6 +117,40 @@ def load(
     from e2vpt.backbones import create_backbone
 
     directory = Path(directory)
+    meta = _finished_checkpoint(directory, num_classes)
+    tensors = _read_tensors(directory, meta)
+    if backbone is None:
+        if not meta["backbone"]:
+            raise CheckpointError(
+                f"{ADAPTER_CONFIG_FILE} names no backbone; pass backbone= (the model it was "
+                "trained on)"
+            )
+        backbone = create_backbone(meta["backbone"], weights=meta.get("backbone_weights"))
+    _check_backbone(directory, meta, backbone, check_fingerprint)
+    try:
+        config = method_config(meta["method"], _with_legacy_options(meta))
+    except ConfigError as err:
+        raise CheckpointError(f"{ADAPTER_CONFIG_FILE} in {directory} is invalid: {err}") from err
+    model = wrap(
+        backbone,
+        config.for_restore(),
+        int(meta["num_classes"]),
+        backbone_name=meta["backbone"],
+        global_pool=meta.get("global_pool"),
+    )
+    model.method_config = config
+    tensors = {model.rename_legacy(name): value for name, value in tensors.items()}
+    _restore_tensors(model, tensors, meta, directory / ADAPTER_TENSORS_FILE)
+    if meta.get("input_norm"):
+        mean, std = meta["input_norm"]
+        model.input_norm = (tuple(mean), tuple(std))
+    if meta.get("class_names") is not None:
+        model.class_names = [str(c) for c in meta["class_names"]]
+    return model.to(map_location)
+
+
+def _finished_checkpoint(directory: Path, num_classes: int | None) -> dict[str, Any]:
+    """The rebuild recipe of a finished checkpoint whose head fits ``num_classes``."""
     folder = inspect_folder(directory)
     if folder.kind == "incomplete":
         raise CheckpointError(
@@ -131,6 +165,11 @@ def load(
             f"classes were asked for; evaluate on a dataset with {saved_classes} classes or "
             "train a new head"
         )
+    return meta
+
+
+def _read_tensors(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The stored tensors, checked against the hash the recipe recorded."""
     tensors_path = directory / ADAPTER_TENSORS_FILE
     if not tensors_path.is_file():
         raise CheckpointError(f"{tensors_path} is missing; the checkpoint is incomplete")
@@ -141,17 +180,15 @@ def load(
             "corrupt or from another save; re-save or re-train"
         )
     try:
-        tensors = load_file(str(tensors_path))
+        return load_file(str(tensors_path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{tensors_path} is corrupt: {err}") from err
 
-    if backbone is None:
-        if not meta["backbone"]:
-            raise CheckpointError(
-                f"{ADAPTER_CONFIG_FILE} names no backbone; pass backbone= (the model it was "
-                "trained on)"
-            )
-        backbone = create_backbone(meta["backbone"], weights=meta.get("backbone_weights"))
+
+def _check_backbone(
+    directory: Path, meta: dict[str, Any], backbone: nn.Module, check_fingerprint: bool
+) -> None:
+    """The backbone must be the architecture, and the weights, the run trained on."""
     signature = backbone_signature(backbone)
     saved_signature = meta.get("backbone_signature")
     if saved_signature and signature != saved_signature:
@@ -173,25 +210,19 @@ def load(
             "weights than the backbone given (weight fingerprints differ). Load the same "
             "weights, or pass check_fingerprint=False if you know what you are doing"
         )
-    try:
-        config = method_config(meta["method"], _with_legacy_options(meta))
-    except ConfigError as err:
-        raise CheckpointError(f"{ADAPTER_CONFIG_FILE} in {directory} is invalid: {err}") from err
-    model = wrap(
-        backbone,
-        config.for_restore(),
-        saved_classes,
-        backbone_name=meta["backbone"],
-        global_pool=meta.get("global_pool"),
-    )
-    model.method_config = config
-    tensors = {model.rename_legacy(name): value for name, value in tensors.items()}
+
+
+def _restore_tensors(
+    model: PromptedModel, tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path
+) -> None:
+    """Copy the stored tensors into the rebuilt model; pruned prompts are first pruned
+    to the stored structure, then filled from their sparse values."""
     sparse = SPARSE_PREFIX + "kept_tokens" in tensors
     if sparse:
         prompts = model.visual_prompts
         if prompts is None or prompts.mask_segments is None:
             raise CheckpointError(
-                f"{tensors_path} holds pruned visual prompts but method {meta['method']!r} "
+                f"{path} holds pruned visual prompts but method {meta['method']!r} "
                 "has no prunable prompts; the checkpoint is corrupt"
             )
         try:
@@ -201,13 +232,11 @@ def load(
                 mode=(meta.get("pruning") or {}).get("mode") or "remove",
             )
         except ValueError as err:
-            raise CheckpointError(f"{tensors_path}: invalid pruning structure: {err}") from err
-    expected = tunable_state(model)
-    diff = diff_state(expected, tensors)
+            raise CheckpointError(f"{path}: invalid pruning structure: {err}") from err
+    diff = diff_state(tunable_state(model), tensors)
     if diff:
         raise CheckpointError(
-            f"{tensors_path} does not fit method {meta['method']!r} on this backbone: "
-            f"{diff.describe(8)}"
+            f"{path} does not fit method {meta['method']!r} on this backbone: {diff.describe(8)}"
         )
     with torch.no_grad():
         params = dict(model.named_parameters())
@@ -223,12 +252,6 @@ def load(
         model.visual_prompts.load_sparse_state(sparse_state)
     elif model.visual_prompts is not None:
         model.visual_prompts.masks_active = bool(meta.get("masks_active", False))
-    if meta.get("input_norm"):
-        mean, std = meta["input_norm"]
-        model.input_norm = (tuple(mean), tuple(std))
-    if meta.get("class_names") is not None:
-        model.class_names = [str(c) for c in meta["class_names"]]
-    return model.to(map_location)
 
 
 def _with_legacy_options(meta: dict[str, Any]) -> dict[str, Any]:

@@ -42,9 +42,12 @@ def note(message: str, quiet: bool = False) -> None:
     if quiet or message in _said:
         return
     _said.add(message)
+    LOGGER.disabled = False  # a library's logging.config (uvicorn's) must not silence it
     LOGGER.info(message)
 
 
-def render_notices(render: Callable[[str], str]) -> None:
-    """How the default handler writes a notice's setting names (the CLI: as flags)."""
-    DEFAULT_HANDLER.render = render
+def render_notices(render: Callable[[str], str]) -> Callable[[str], str]:
+    """How the default handler writes a notice's setting names (the CLI: as flags);
+    returns the previous rendering, to put back."""
+    previous, DEFAULT_HANDLER.render = DEFAULT_HANDLER.render, render
+    return previous

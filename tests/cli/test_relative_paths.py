@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import e2vpt.training.trainer as trainer
+import e2vpt.training.epoch as epoch_loop
 from e2vpt.cli.main import main
 from e2vpt.runs import (
     PRUNING_REPORT_NAME,
@@ -30,13 +30,13 @@ TRAIN += ["--output-dir", "run", "--no-progress"]
 
 def stop_after_the_first_saved_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C right after epoch 1's training state is written."""
-    real = trainer.write_state
+    real = epoch_loop.write_state
 
     def write_then_stop(path: Path, state: dict[str, Any]) -> None:
         real(path, state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer, "write_state", write_then_stop)
+    monkeypatch.setattr(epoch_loop, "write_state", write_then_stop)
 
 
 @pytest.fixture

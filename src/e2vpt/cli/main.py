@@ -95,14 +95,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     module = command_module(args.command)
-    render_notices(lambda message: settings_as_flags(message, parser))
-    return exit_code_of(
-        lambda: args.run_command(args, argv[1:]),
-        f"e2vpt {args.command}",
-        interrupted=module.INTERRUPTED,
-        prefer_error_message=module.INTERRUPT_SAYS_MORE,
-        render=lambda message: settings_as_flags(message, parser),
-    )
+    previous = render_notices(lambda message: settings_as_flags(message, parser))
+    try:
+        return exit_code_of(
+            lambda: args.run_command(args, argv[1:]),
+            f"e2vpt {args.command}",
+            interrupted=module.INTERRUPTED,
+            prefer_error_message=module.INTERRUPT_SAYS_MORE,
+            render=lambda message: settings_as_flags(message, parser),
+        )
+    finally:
+        render_notices(previous)  # a later library call (same process) is not the CLI's
 
 
 def _unknown_command(name: str) -> int:

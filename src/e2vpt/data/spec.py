@@ -15,7 +15,7 @@ from pathlib import Path
 
 from e2vpt.data.formats import DataFormat, format_of, get_format, list_formats
 from e2vpt.errors import DataError
-from e2vpt.runs import readable_name
+from e2vpt.runs.folder import readable_name
 
 PathText = str | os.PathLike[str]
 

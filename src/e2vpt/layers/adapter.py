@@ -7,14 +7,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from e2vpt.methods.adapter import ACTIVATIONS
+
+def activation_module(name: str) -> nn.Module:
+    """``relu`` → ``nn.ReLU()``: torch's activation of that name (the adapter config
+    says which names it takes)."""
+    found = [getattr(nn, n) for n in dir(nn) if n.lower() == name.lower()]
+    if not found:
+        raise ValueError(f"torch.nn has no activation {name!r}")
+    return found[0]()
 
 
 class Bottleneck(nn.Module):
     def __init__(self, width: int, hidden: int, activation: str) -> None:
         super().__init__()
         self.down = nn.Linear(width, hidden)
-        self.act = getattr(nn, ACTIVATIONS[activation])()
+        self.act = activation_module(activation)
         self.up = nn.Linear(hidden, width)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)

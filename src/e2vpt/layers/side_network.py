@@ -13,7 +13,6 @@ from torch import nn
 from e2vpt.backbones.weight_files import read_torch_file, unwrap_state
 from e2vpt.data.core import note
 from e2vpt.errors import BackboneError, ConfigError
-from e2vpt.methods.sidetune import BUILT_IN, HUB_WEIGHTS, SidetuneConfig
 from e2vpt.state import diff_state
 
 
@@ -32,18 +31,23 @@ class SideNetwork(nn.Module):
     in ``network``."""
 
     def __init__(
-        self, width: int, config: SidetuneConfig, network: nn.Module | None = None
+        self,
+        width: int,
+        channels: int,
+        conv_layers: int,
+        blend_init: float,
+        network: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if network is None:
-            self.convs = build_conv_stack(config.channels, config.conv_layers)
-            out_width = config.channels
+            self.convs = build_conv_stack(channels, conv_layers)
+            out_width = channels
         else:
             self.network = network
             out_width = int(network.num_features)
         self.project = nn.Linear(out_width, width)
         # α = sigmoid(alpha_logit): the blend starts at ``blend_init``
-        self.alpha_logit = nn.Parameter(torch.logit(torch.tensor(float(config.blend_init))))
+        self.alpha_logit = nn.Parameter(torch.logit(torch.tensor(float(blend_init))))
 
     @property
     def body(self) -> nn.Module:
@@ -61,15 +65,15 @@ class SideNetwork(nn.Module):
         return alpha * features + (1 - alpha) * side.to(features.dtype)
 
 
-def timm_side_network(config: SidetuneConfig) -> nn.Module:
-    pretrained = config.side_weights == HUB_WEIGHTS
+def timm_side_network(name: str, pretrained: bool) -> nn.Module:
+    """A timm model as the side network: pooled features, no classifier."""
     try:
-        return timm.create_model(config.side_network, pretrained=pretrained, num_classes=0)
+        return timm.create_model(name, pretrained=pretrained, num_classes=0)
     except Exception as err:  # noqa: BLE001 - hub and timm failures vary
         if not pretrained:
             raise
         raise BackboneError(
-            f"could not fetch timm's weights for side network {config.side_network!r} "
+            f"could not fetch timm's weights for side network {name!r} "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
             "give a local weights file with --side-weights FILE"
         ) from err
@@ -99,4 +103,4 @@ def load_side_weights(side: SideNetwork, path: Path) -> None:
 
 
 def side_description(side: SideNetwork) -> str:
-    return type(side.body).__name__ if hasattr(side, "network") else f"'{BUILT_IN}'"
+    return type(side.body).__name__ if hasattr(side, "network") else "'convs' (built in)"

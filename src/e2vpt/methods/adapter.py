@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from e2vpt.model import PromptedModel
 
 # the bottleneck's activation: option value → the torch.nn layer (e2vpt.layers.adapter)
-ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU"}
+ACTIVATIONS = ("relu", "gelu")  # torch.nn activations of these names
 
 
 @dataclass

@@ -110,8 +110,14 @@ def apply_sidetune(model: PromptedModel, config: SidetuneConfig) -> None:
     from e2vpt.layers.side_network import SideNetwork, load_side_weights, timm_side_network
 
     model.freeze_backbone()
-    network = None if config.side_network == BUILT_IN else timm_side_network(config)
-    model.side_branch = SideNetwork(model.feature_width, config, network)
+    network = (
+        None
+        if config.side_network == BUILT_IN
+        else timm_side_network(config.side_network, pretrained=config.side_weights == HUB_WEIGHTS)
+    )
+    model.side_branch = SideNetwork(
+        model.feature_width, config.channels, config.conv_layers, config.blend_init, network
+    )
     if config.side_weights and config.side_weights != HUB_WEIGHTS:
         load_side_weights(model.side_branch, Path(config.side_weights))
 

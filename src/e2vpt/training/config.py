@@ -27,7 +27,8 @@ from e2vpt.recipes import (
     check_recipe,
     resolve_choice,
 )
-from e2vpt.runs import TRAIN_CONFIG_FILE, fresh_folder, readable_name
+from e2vpt.runs.folder import fresh_folder, readable_name
+from e2vpt.runs.names import TRAIN_CONFIG_FILE
 from e2vpt.settings import setting
 
 LR_SCHEDULE_UNITS = ("update", "epoch")
