@@ -6,6 +6,7 @@ not through a launcher that adds its own start-up.
 
     uv run python benchmarks/startup.py            # 5 runs per row
     uv run python benchmarks/startup.py --runs 9
+    uv run python benchmarks/startup.py --suite    # also the whole test suite, once
 
 Writes benchmarks/results/startup.{json,md}.
 """
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 from e2vpt.errors import ConfigError, exit_code_of
+from e2vpt.files import atomic_write_text
 from e2vpt.reporting import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -59,10 +61,27 @@ def wall_times(argv: list[str], runs: int) -> list[float]:
     return times
 
 
+def _suite_row() -> dict[str, object]:
+    """The whole test suite once (pytest in a fresh process, from the repository)."""
+    repo = Path(__file__).resolve().parents[1]
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=repo, check=False
+    )
+    seconds = round(time.perf_counter() - start, 1)
+    label = "pytest (whole suite, once)" + ("" if done.returncode == 0 else " FAILED")
+    return {"command": label, "median_s": seconds, "min_s": seconds, "max_s": seconds}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="fresh processes per row")
+    parser.add_argument(
+        "--suite", action="store_true", help="also time the whole test suite (one run)"
+    )
     args = parser.parse_args()
+    if args.runs < 1:
+        raise ConfigError(f"--runs must be >= 1, got {args.runs}")
     rows = []
     for label, argv in rows_to_time():
         times = wall_times(argv, args.runs)
@@ -74,16 +93,19 @@ def main() -> int:
                 "max_s": round(max(times), 3),
             }
         )
+    if args.suite:
+        rows.append(_suite_row())
     where = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     table = format_table(rows, float_digits=3)
     print(f"{where}, median of {args.runs} fresh processes\n\n{table}")
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / "startup"
-    stem.with_suffix(".json").write_text(
-        json.dumps({"machine": where, "runs": args.runs, "rows": rows}, indent=2) + "\n"
+    atomic_write_text(
+        stem.with_suffix(".json"),
+        json.dumps({"machine": where, "runs": args.runs, "rows": rows}, indent=2) + "\n",
     )
-    stem.with_suffix(".md").write_text(
-        f"{where}, median of {args.runs} fresh processes\n\n{table}\n"
+    atomic_write_text(
+        stem.with_suffix(".md"), f"{where}, median of {args.runs} fresh processes\n\n{table}\n"
     )
     return 0
 
