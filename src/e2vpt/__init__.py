@@ -14,8 +14,7 @@ costs nothing until a name that needs torch is touched.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from e2vpt.lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -66,14 +65,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'e2vpt' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_names("e2vpt", _EXPORTS, globals())

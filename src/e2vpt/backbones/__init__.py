@@ -7,8 +7,9 @@ can read :data:`DEMO_BACKBONE` for nothing."""
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from e2vpt.lazy import lazy_names
 
 if TYPE_CHECKING:
     from e2vpt.backbones.create import backbone_for_run, create_backbone
@@ -29,17 +30,7 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """``from e2vpt.backbones import create_backbone`` imports timm only then."""
-    if name not in _HOMES:
-        raise AttributeError(f"module 'e2vpt.backbones' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value  # found directly from now on
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_names("e2vpt.backbones", _HOMES, globals())
 
 
 __all__ = [

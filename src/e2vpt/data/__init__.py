@@ -18,8 +18,9 @@ access, so :mod:`e2vpt.data.spec` and :mod:`e2vpt.data.formats` stay cheap to im
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from e2vpt.lazy import lazy_names
 
 if TYPE_CHECKING:
     from e2vpt.data.builtin import builtin_tasks, load_builtin
@@ -63,17 +64,7 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """``from e2vpt.data import load_task`` imports the loading code only then."""
-    if name not in _HOMES:
-        raise AttributeError(f"module 'e2vpt.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value  # found directly from now on
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_names("e2vpt.data", _HOMES, globals())
 
 
 __all__ = [

@@ -10,8 +10,9 @@ access, so :mod:`e2vpt.pruning.settings` stays cheap to import.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from e2vpt.lazy import lazy_names
 
 if TYPE_CHECKING:
     from e2vpt.pruning.importance import ImportanceScores, importance_scores
@@ -34,17 +35,7 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """``from e2vpt.pruning import make_plan`` imports torch only then."""
-    if name not in _HOMES:
-        raise AttributeError(f"module 'e2vpt.pruning' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value  # found directly from now on
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_names("e2vpt.pruning", _HOMES, globals())
 
 
 __all__ = [

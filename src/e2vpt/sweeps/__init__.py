@@ -5,8 +5,9 @@ access, so :mod:`e2vpt.sweeps.settings` stays cheap to import."""
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from e2vpt.lazy import lazy_names
 
 if TYPE_CHECKING:
     from e2vpt.errors import SweepError
@@ -21,17 +22,7 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """``from e2vpt.sweeps import run_sweep`` imports torch only then."""
-    if name not in _HOMES:
-        raise AttributeError(f"module 'e2vpt.sweeps' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value  # found directly from now on
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_names("e2vpt.sweeps", _HOMES, globals())
 
 
 __all__ = ["SweepError", "SweepSettings", "run_sweep"]
