@@ -76,9 +76,9 @@ def _sync(device: torch.device) -> None:
 
 def build_row(spec: dict[str, Any]) -> tuple[Callable[[], None] | None, Callable[[], None]]:
     """The row's model, as (train step or None, inference pass) closures."""
-    import timm
 
     import e2vpt
+    from e2vpt.backbones import create_backbone
     from e2vpt.inference import autocast
     from e2vpt.training.config import TrainConfig
     from e2vpt.training.optim import build_optimizer
@@ -86,7 +86,7 @@ def build_row(spec: dict[str, Any]) -> tuple[Callable[[], None] | None, Callable
     torch.manual_seed(0)
     device = torch.device(spec["device"])
     precision = spec["precision"]
-    backbone = timm.create_model(BACKBONES[spec["backbone"]], pretrained=False)
+    backbone = create_backbone(BACKBONES[spec["backbone"]], pretrained=False)  # the demo too
     size = backbone.pretrained_cfg["input_size"][-1]
     batch = spec["batch"]
     x = torch.randn(batch, 3, size, size, device=device)
