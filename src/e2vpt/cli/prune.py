@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from e2vpt.cli.flags import settings_from_args
+
 NAME = "prune"
 HELP = "E²VPT token/segment pruning + rewinding of a trained e2vpt run"
 INTERRUPTED = (
@@ -106,18 +108,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from e2vpt.pruning.settings import PruneSettings
     from e2vpt.runs import ADAPTER_TENSORS_FILE, PRUNING_CURVE_FILE, PRUNING_REPORT_NAME
 
-    settings = PruneSettings(
-        token_fractions=args.token_fractions,
-        segment_fractions=args.segment_fractions,
-        score=args.score,
-        prune_mode=args.prune_mode,
-        recipe=args.recipe,
-        output_dir=args.output_dir,
-        epochs=args.epochs,
-        device=args.device,
-        weights=args.weights,
-        progress=args.progress,
-    )
+    settings = settings_from_args(PruneSettings, args)
     report = prune_run(args.run_dir, settings)
     print()
     print(report.table())

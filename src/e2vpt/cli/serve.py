@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from e2vpt.cli.flags import settings_from_args
 from e2vpt.cli.shared_flags import DEVICE_HELP
 
 NAME = "serve"
@@ -92,17 +93,6 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise ConfigError(
             "e2vpt serve needs FastAPI, uvicorn and prometheus-client: pip install 'e2vpt[serve]'"
         ) from None
-    settings = ServeSettings(
-        adapters=adapters,
-        host=args.host,
-        port=args.port,
-        max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms,
-        device=args.device,
-        max_image_bytes=args.max_image_bytes,
-        adapters_dir=args.adapters_dir,
-        batching=args.batching,
-        max_queue=args.max_queue,
-    )
+    settings = settings_from_args(ServeSettings, args, adapters=adapters)
     serve(settings)  # validates the settings before loading anything
     return 0

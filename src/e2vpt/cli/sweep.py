@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from e2vpt.cli.flags import settings_from_args
 from e2vpt.cli.prune import add_pruning_flags
 from e2vpt.cli.run_config import add_train_flags, config_from_args
 
@@ -148,30 +149,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from e2vpt.sweeps.settings import RaySettings, SweepSettings
 
     cfg = config_from_args(args, argv, exclude=frozenset(SWEEP_FLAGS))
-    settings = SweepSettings(
-        base_lrs=args.base_lrs,
-        weight_decays=args.weight_decays,
-        seeds=args.seeds,
-        output_dir=args.output_dir,
-        devices=args.devices,
-        task_name=args.task_name,
-        group=args.group,
-        prune=args.prune,
-        prune_token_fractions=args.prune_token_fractions,
-        prune_segment_fractions=args.prune_segment_fractions,
-        prune_score=args.prune_score,
-        prune_mode=args.prune_mode,
-        progress=cfg.progress,
-        engine=args.engine,
-        ray=RaySettings(
-            address=args.address,
-            cpus_per_trial=args.cpus_per_trial,
-            gpus_per_trial=args.gpus_per_trial,
-            max_concurrent_trials=args.max_concurrent_trials,
-            asha=args.asha,
-            asha_grace_period=args.asha_grace_period,
-            asha_reduction_factor=args.asha_reduction_factor,
-        ),
+    settings = settings_from_args(
+        SweepSettings, args, progress=cfg.progress, ray=settings_from_args(RaySettings, args)
     )
     print(
         f"e2vpt sweep: {cfg.method} on {cfg.data} with backbone {cfg.backbone} → "
