@@ -13,8 +13,7 @@ from typing import Any
 def setting(default: Any = dataclasses.MISSING, help: str = "", **metadata: Any) -> Any:
     """``epochs: int = setting(100, "training epochs")``. A mutable default (list,
     dict) is copied for every instance. Other metadata: ``choices``, ``metavar``,
-    ``positional``, ``nargs``, ``parse`` (a function reading the flag's text),
-    ``cli=False`` (no flag), ``shown_default`` (the default as ``--help`` shows it)."""
+    ``parse`` (a function reading the flag's text), ``cli=False`` (no flag)."""
     meta = {"help": help, **metadata}
     if isinstance(default, list | dict | set):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -108,10 +107,9 @@ def add_dataclass_flags(
             continue
         default = field_default(f)
         described = helps.get(f.name, f.name).replace("%", "%%")
-        shown = f.metadata.get("shown_default", default)
         text = f"{help_prefix}{described}"
-        if shown is not None and shown != [] and not f.metadata.get("no_default_in_help"):
-            text += f" (default: {_shown(shown)})"
+        if default is not None and default != []:
+            text += f" (default: {_shown(default)})"
         kwargs: dict[str, Any] = {
             "dest": f.name,
             "default": argparse.SUPPRESS if suppress_defaults else default,
@@ -131,15 +129,7 @@ def add_dataclass_flags(
             kwargs["type"], kwargs["nargs"] = _item_type(hints[f.name]), "+"
         else:
             kwargs["type"] = kind
-        if f.metadata.get("positional"):
-            kwargs.pop("dest")
-            kwargs.pop("default")
-            if "nargs" in f.metadata:
-                kwargs["nargs"] = f.metadata["nargs"]
-            parser.add_argument(f.name, **kwargs)
-            continue
-        names = [flag_name(f.metadata.get("flag", f.name))]
-        parser.add_argument(*names, **kwargs)
+        parser.add_argument(flag_name(f.name), **kwargs)
 
 
 def _shown(value: Any) -> str:
@@ -154,7 +144,3 @@ def settings_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in vars(args).items() if k in names}
     return cls(**{**values, **extra})
-
-
-def print_error(command: str, message: str) -> None:
-    print(f"e2vpt {command}: error: {message}", file=sys.stderr)
