@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from e2vpt.data.spec import DataSpec
+from e2vpt.devices import DEVICE_CHOICES
 from e2vpt.errors import CheckpointError, ConfigError
 from e2vpt.files import atomic_write_text
 from e2vpt.settings import setting
@@ -39,7 +40,7 @@ class EvalSettings:
     data: str | None = setting(None, "task to evaluate on (default: the run's own)")
     split: str = setting("test", "the task split to score")
     batch_size: int = setting(256, "images per forward")
-    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    device: str = setting("auto", DEVICE_CHOICES)
     weights: str | None = setting(
         None,
         "the backbone's weights file, when the path the run stored does not hold it here "
