@@ -37,8 +37,10 @@ class SideNetwork(nn.Module):
         conv_layers: int,
         blend_init: float,
         network: nn.Module | None = None,
+        name: str = "",
     ) -> None:
         super().__init__()
+        self.name = name  # as the config names it, for messages
         if network is None:
             self.convs = build_conv_stack(channels, conv_layers)
             out_width = channels
@@ -103,4 +105,4 @@ def load_side_weights(side: SideNetwork, path: Path) -> None:
 
 
 def side_description(side: SideNetwork) -> str:
-    return type(side.body).__name__ if hasattr(side, "network") else "'convs' (built in)"
+    return type(side.body).__name__ if hasattr(side, "network") else f"'{side.name}'"

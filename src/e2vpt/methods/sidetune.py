@@ -116,7 +116,12 @@ def apply_sidetune(model: PromptedModel, config: SidetuneConfig) -> None:
         else timm_side_network(config.side_network, pretrained=config.side_weights == HUB_WEIGHTS)
     )
     model.side_branch = SideNetwork(
-        model.feature_width, config.channels, config.conv_layers, config.blend_init, network
+        model.feature_width,
+        config.channels,
+        config.conv_layers,
+        config.blend_init,
+        network,
+        name=config.side_network,
     )
     if config.side_weights and config.side_weights != HUB_WEIGHTS:
         load_side_weights(model.side_branch, Path(config.side_weights))
