@@ -36,12 +36,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(
-                f"--device {name}: CUDA is not available on this machine; use --device cpu "
-                "(or auto)"
+                f"`device` {name}: CUDA is not available on this machine; use cpu (or auto)"
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(
-                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                f"`device` {name}: this machine has {torch.cuda.device_count()} CUDA "
                 f"device(s), cuda:0 … cuda:{torch.cuda.device_count() - 1}"
             )
     return device

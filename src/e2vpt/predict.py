@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from e2vpt.backbones import backbone_for_run
 from e2vpt.checkpoint import load
 from e2vpt.data import IMAGE_EXTENSIONS
 from e2vpt.data.core import read_image, resize_image
@@ -107,6 +108,7 @@ class Predictor:
         precision: str = "fp32",
         top_k: int = 5,
         backbone: torch.nn.Module | None = None,
+        weights: str | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         require_complete(self.run_dir, "predict with")
@@ -116,6 +118,8 @@ class Predictor:
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.precision = precision
+        if backbone is None:  # `weights`: for a run made where its stored path is not here
+            backbone = backbone_for_run(meta, weights, self.run_dir)
         self.model = load(self.run_dir, backbone=backbone).to(self.device).eval()
         self.image_size, normalizer = model_data_settings(self.model)
         self.normalizer = normalizer.to(self.device)

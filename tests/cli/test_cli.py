@@ -252,7 +252,7 @@ BAD_INVOCATIONS = [
     (["train", "--resume", "--output-dir", "half_run", "--epochs", "7"], "--epochs 7 differs"),
     (["eval", "no_such_run"], "not an e2vpt checkpoint folder"),
     (["eval", "half_run"], "unfinished run (stopped after epoch 0 of 3)"),
-    (["eval", "done_run"], "/gone/weights.npz, which do not exist here; pass --weights"),
+    (["eval", "done_run"], "/gone/weights.npz, which do not exist here; set --weights"),
     (["eval", "done_run", "--weights", "missing.pth"], "--weights missing.pth: no such file"),
     (["prune", "--from", "no_such_run"], "does not exist"),
     (["prune", "--from", "half_run"], "cannot prune"),

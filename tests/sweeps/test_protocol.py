@@ -202,7 +202,7 @@ def test_sweep_errors(tmp_path: Path, task: Task) -> None:
     )
     with pytest.raises(ConfigError, match=r"lacks split\(s\) \['val', 'trainval'\]"):
         run_sweep(linear_cfg(), SweepSettings(output_dir=str(tmp_path)), no_val)
-    with pytest.raises(ConfigError, match="--prune applies to --method e2vpt"):
+    with pytest.raises(ConfigError, match="`prune` applies to `method` e2vpt"):
         run_sweep(linear_cfg(), SweepSettings(prune=True, output_dir=str(tmp_path)), task)
     with pytest.raises(ConfigError, match="base lr must be > 0"):
         run_sweep(linear_cfg(), SweepSettings(base_lrs=[0.0], output_dir=str(tmp_path)), task)

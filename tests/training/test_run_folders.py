@@ -152,7 +152,7 @@ def test_resume_refuses_other_settings_and_empty_folders(tmp_path: Path, task: T
         train(config(out), task=task, existing="resume")
     with pytest.raises(Interrupted):
         train(config(out), task=task, on_epoch=stop_after(1))
-    with pytest.raises(ConfigError, match=r"--resume: .*epochs: 4 in the run, 6 now"):
+    with pytest.raises(ConfigError, match=r"cannot `resume`: .*epochs: 4 in the run, 6 now"):
         train(config(out, epochs=6), task=task, existing="resume")
     # runtime fields may change
     train(config(out, progress=True, state_every=2), task=task, existing="resume")

@@ -18,16 +18,16 @@ def canonical_name(name: str) -> str:
 
 def check_weights_file(path: str | None, trained_in: Path | None = None) -> None:
     """A weights path that is not a file here is a one-line error before anything loads:
-    one given with --weights says so; one a run stored (``trained_in``: its folder, made
+    one given as `weights` says so; one a run stored (``trained_in``: its folder, made
     elsewhere) names the flag that points to it here."""
     if path is None or Path(path).is_file():
         return
     if trained_in is not None:
         raise ConfigError(
             f"{trained_in} was trained on backbone weights {path}, which do not exist here; "
-            "pass --weights PATH to the same weights file"
+            "set `weights` to the same weights file"
         )
     raise ConfigError(
-        f"--weights {path}: no such file; pass the path of the backbone's weights file "
-        "(or leave --weights out for the hub / bundled weights)"
+        f"`weights` {path}: no such file; give the path of the backbone's weights file "
+        "(or leave `weights` unset for the hub / bundled weights)"
     )

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from e2vpt.cli.shared_flags import DEVICE_HELP
+from e2vpt.cli.shared_flags import DEVICE_HELP, add_weights_flag
 
 NAME = "predict"
 HELP = "classify images with a trained run folder"
@@ -42,6 +42,7 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--precision", default="fp32", help="fp32 | bf16 | auto")
+    add_weights_flag(parser)
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         batch_size=args.batch_size,
         precision=args.precision,
         top_k=args.top_k,
+        weights=args.weights,
     )
     for note_text in predictor.notes:
         print(f"note: {note_text}", file=sys.stderr)

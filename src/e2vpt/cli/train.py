@@ -81,8 +81,7 @@ def _train_and_report(cfg: Any, existing: str) -> int:
         train,
     )
 
-    preflight(cfg, existing=existing)
-    method_cfg = cfg.build_method_config()
+    method_cfg = preflight(cfg, existing=existing).method
     print(
         f"e2vpt train: {method_cfg.method_name} on {cfg.data} with backbone {cfg.backbone}"
         f" → {cfg.output_dir}",
@@ -94,7 +93,7 @@ def _train_and_report(cfg: Any, existing: str) -> int:
     if compare:
         linear_cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir) / "linear"))
         default = dataclasses.replace(linear_cfg, method="linear", method_config={}, base_lr=None)
-        grid = [default.resolved_base_lr() * f for f in LINEAR_PROBE_LR_FACTORS]
+        grid = [default.resolve().base_lr * f for f in LINEAR_PROBE_LR_FACTORS]
         print(
             f"linear probing baseline: base_lr grid {grid}, best on {cfg.val_split}",
             file=sys.stderr,

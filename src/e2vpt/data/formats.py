@@ -12,13 +12,12 @@ import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from e2vpt.errors import ConfigError
 
 if TYPE_CHECKING:
     from e2vpt.data.core import Task
-    from e2vpt.data.spec import DataSpec
 
 BUILTIN_PREFIX = "builtin:"
 VTAB_PREFIX = "vtab:"
@@ -28,6 +27,18 @@ CIFAR_LT_PREFIX = "cifar100-lt"
 # the training augmentations (a format's protocol names one; `augment` of a run
 # config another), implemented by e2vpt.data.augment
 AUGMENTATIONS = ("none", "flip", "crop-flip", "random-crop-flip")
+
+
+class ParsedSpec(Protocol):
+    """What a format's loader is given: a parsed ``data`` string (the concrete class is
+    :class:`e2vpt.data.spec.DataSpec`, which builds on this module, so it is not imported
+    here)."""
+
+    kind: str
+    path: str | None
+    name: str | None
+    ratio: int | None
+
 
 # the formats' kinds (DataSpec.kind)
 BUILTIN, FOLDER, VTAB, FGVC, CIFAR100_LT = "builtin", "folder", "vtab", "fgvc", "cifar100-lt"
@@ -70,15 +81,15 @@ class DataFormat:
         """The :class:`~e2vpt.data.core.Task` fields this format's protocol sets."""
         return {"normalization": self.normalization, "augment": self.augment, "metric": self.metric}
 
-    def load(self, spec: DataSpec, image_size: int, options: LoadOptions) -> Task:
+    def load(self, spec: ParsedSpec, image_size: int, options: LoadOptions) -> Task:
         """The task ``spec`` names, by this format's loader (imported now)."""
-        loader: Callable[[DataSpec, int, LoadOptions], Task] = _resolve(self.loader)
+        loader: Callable[[ParsedSpec, int, LoadOptions], Task] = _resolve(self.loader)
         return loader(spec, image_size, options)
 
-    def precheck(self, spec: DataSpec, val_fraction: float | None) -> None:
+    def precheck(self, spec: ParsedSpec, val_fraction: float | None) -> None:
         """This format's cheap checks (no decoding), when it has any."""
         if self.check is not None:
-            check: Callable[[DataSpec, float | None], None] = _resolve(self.check)
+            check: Callable[[ParsedSpec, float | None], None] = _resolve(self.check)
             check(spec, val_fraction)
 
 

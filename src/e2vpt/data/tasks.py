@@ -4,12 +4,11 @@
 
 from __future__ import annotations
 
-import sys
-
 from e2vpt.data.core import DataError, Task
 from e2vpt.data.formats import LoadOptions
 from e2vpt.data.image_folder import check_fraction, missing_folder_error
 from e2vpt.data.spec import DataSpec
+from e2vpt.notices import note
 
 
 def _check_val_fraction(spec: DataSpec, text: str, val_fraction: float | None) -> None:
@@ -55,6 +54,5 @@ def load_task(
         seed=seed, progress=progress, val_fraction=val_fraction, cache=cache, quiet=quiet
     )
     task = parsed.format.load(parsed, image_size, options)
-    if not quiet:
-        print(task.summary(), file=sys.stderr, flush=True)
+    note(task.summary(), quiet=quiet)
     return task

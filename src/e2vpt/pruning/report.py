@@ -52,14 +52,28 @@ def plot_pruning(
     from e2vpt.files import atomic_write_bytes
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    _plot_kept_values(left, original, points, selected)
+    _plot_token_fractions(right, original, points)
+    fig.suptitle(f"E²VPT pruning + rewinding {title}", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _plot_kept_values(
+    ax: Any, original: dict[str, Any], points: list[dict[str, Any]], selected: dict[str, Any]
+) -> None:
+    """Top-1 of every rewound point against the prompt values it keeps."""
     kept = [p["prompt_values"] for p in points]
     val = [100 * p["val_top1"] for p in points]
-    left.scatter(kept, val, label="rewound, val", color="tab:blue")
+    ax.scatter(kept, val, label="rewound, val", color="tab:blue")
     test = [
         (p["prompt_values"], 100 * p["eval_top1"]) for p in points if p["eval_top1"] is not None
     ]
     if test:
-        left.scatter(
+        ax.scatter(
             *zip(*test, strict=True),
             label="rewound, test",
             facecolors="none",
@@ -67,7 +81,7 @@ def plot_pruning(
         )
     for p in points:
         frac = p["plan"]
-        left.annotate(
+        ax.annotate(
             f"{frac['token_fraction']:g}/{frac['segment_fraction']:g}",
             (p["prompt_values"], 100 * p["val_top1"]),
             textcoords="offset points",
@@ -75,7 +89,7 @@ def plot_pruning(
             fontsize=7,
         )
     if original.get("val_top1") is not None:
-        left.scatter(
+        ax.scatter(
             [original["prompt_values"]],
             [100 * original["val_top1"]],
             marker="*",
@@ -83,7 +97,7 @@ def plot_pruning(
             color="tab:orange",
             label="unpruned run, val",
         )
-    left.scatter(
+    ax.scatter(
         [selected["prompt_values"]],
         [100 * selected["val_top1"]],
         s=160,
@@ -92,11 +106,14 @@ def plot_pruning(
         linewidths=2,
         label="selected",
     )
-    left.set_xlabel("visual prompt values kept (token/segment fraction pruned)")
-    left.set_ylabel("top-1 %")
-    left.legend(fontsize=8)
-    left.grid(alpha=0.3)
+    ax.set_xlabel("visual prompt values kept (token/segment fraction pruned)")
+    ax.set_ylabel("top-1 %")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
 
+
+def _plot_token_fractions(ax: Any, original: dict[str, Any], points: list[dict[str, Any]]) -> None:
+    """Val top-1 against the token fraction pruned, one line per segment fraction."""
     by_segment: dict[float, list[tuple[float, float]]] = {}
     for p in points:
         frac = p["plan"]
@@ -105,16 +122,10 @@ def plot_pruning(
         )
     for seg, values in sorted(by_segment.items()):
         values.sort()
-        right.plot(*zip(*values, strict=True), marker="o", label=f"segments pruned {seg:g}")
+        ax.plot(*zip(*values, strict=True), marker="o", label=f"segments pruned {seg:g}")
     if original.get("val_top1") is not None:
-        right.axhline(100 * original["val_top1"], color="tab:orange", ls="--", label="unpruned")
-    right.set_xlabel("fraction of visual tokens pruned")
-    right.set_ylabel("val top-1 %")
-    right.legend(fontsize=8)
-    right.grid(alpha=0.3)
-    fig.suptitle(f"E²VPT pruning + rewinding {title}", fontsize=10)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+        ax.axhline(100 * original["val_top1"], color="tab:orange", ls="--", label="unpruned")
+    ax.set_xlabel("fraction of visual tokens pruned")
+    ax.set_ylabel("val top-1 %")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)

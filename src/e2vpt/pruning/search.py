@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from e2vpt.data import Task
 from e2vpt.files import atomic_write_bytes, atomic_write_text
 from e2vpt.inference import model_data_settings, resolve_device
 from e2vpt.methods.base import ConfigError, method_config
+from e2vpt.notices import note
 from e2vpt.pruning.importance import ImportanceScores, importance_scores
 from e2vpt.pruning.plan import (
     PruningPlan,
@@ -134,7 +134,7 @@ def _importance(
     scores = _load_importance(path, score, prune_mode, source_sha)
     if scores is not None:
         return scores
-    print(f"importance ({score}) over {run_dir}'s training split", file=sys.stderr)
+    note(f"importance ({score}) over {run_dir}'s training split")
     device = resolve_device(cfg.device)
     backbone = create_backbone(cfg.backbone, weights=cfg.weights) if cfg.weights else None
     try:
@@ -272,7 +272,7 @@ def prune_run(
     out = absolute(settings.output_dir) if settings.output_dir else run_dir / "pruned"
     if out.resolve() == run_dir.resolve():
         raise ConfigError(
-            "--output-dir must differ from the run folder (its checkpoint would be replaced)"
+            "`output_dir` must differ from the run folder (its checkpoint would be replaced)"
         )
     e2 = method_config("e2vpt", meta["method_config"])
     grid = resolved_grid(pruning, e2.visual_tokens, e2.mask_segments)
@@ -288,22 +288,19 @@ def prune_run(
 
     out.mkdir(parents=True, exist_ok=True)
     scores = _importance(run_dir, cfg, task, pruning, out / PRUNING_IMPORTANCE_FILE, source_sha)
-    log = sys.stderr
-
     points: list[dict[str, Any]] = []
     for index, (t, s) in enumerate(grid, start=1):
         plan = make_plan(scores, t, s, pruning.prune_mode)
         point_dir = out / "grid" / plan.label
         done = _load_point(point_dir / PRUNING_POINT_FILE, plan, source_sha, cfg.epochs)
         if done is None:
-            print(
+            note(
                 f"[{index}/{len(grid)}] rewind + retrain: prune {t:g} of tokens, {s:g} of "
-                f"segments → {point_dir}",
-                file=log,
+                f"segments → {point_dir}"
             )
             done = _rewind_point(cfg, task, plan, point_dir, source_sha)
         else:
-            print(f"[{index}/{len(grid)}] {plan.label}: done earlier, reused", file=log)
+            note(f"[{index}/{len(grid)}] {plan.label}: done earlier, reused")
             done = {**done, "run_dir": str(point_dir)}  # where it is now, not where it was
         points.append(done)
 

@@ -46,9 +46,9 @@ class PruneSettings:
         if self.recipe is not None:
             check_recipe(self.recipe)
         if self.score is not None and self.score not in SCORE_MODES:
-            raise ConfigError(f"--score must be one of {SCORE_MODES}, got {self.score!r}")
+            raise ConfigError(f"`score` must be one of {SCORE_MODES}, got {self.score!r}")
         if self.prune_mode is not None and self.prune_mode not in PRUNE_MODES:
-            raise ConfigError(f"--prune-mode must be one of {PRUNE_MODES}, got {self.prune_mode!r}")
+            raise ConfigError(f"`prune_mode` must be one of {PRUNE_MODES}, got {self.prune_mode!r}")
         if self.token_fractions == [] or self.segment_fractions == []:
             raise ConfigError("the pruning grid needs at least one token and one segment fraction")
         if self.epochs is not None and self.epochs < 1:

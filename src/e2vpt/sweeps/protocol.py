@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import sys
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -23,6 +22,7 @@ from e2vpt.data import TRAINVAL, Task
 from e2vpt.errors import SweepError
 from e2vpt.files import atomic_write_text
 from e2vpt.methods.base import ConfigError
+from e2vpt.notices import note
 from e2vpt.pruning.search import prune_run
 from e2vpt.reporting import format_table, write_json
 from e2vpt.runs import PRUNING_REPORT_NAME, SWEEP_MARKDOWN_FILE, SWEEP_SUMMARY_FILE, absolute
@@ -97,11 +97,12 @@ class Sweep:
             task = load_task_for(self.cfg)
         _check_task(task)
         self.task = task
-        self.method_cfg = cfg.build_method_config()
+        resolved = self.cfg.resolve()
+        self.method_cfg = resolved.method
         self.method = self.method_cfg.method_name
         self.task_name = settings.task_name or task.name
         self.root = absolute(settings.output_dir) / self.task_name / self.method
-        self.optimizer = self.cfg.resolved_optimizer()
+        self.optimizer = resolved.optimizer
         self.lrs, self.wds = settings.grid(self.optimizer)
         self.engine: Engine | RayEngine
         if settings.engine == "ray":
@@ -193,9 +194,7 @@ class Sweep:
         store = self.records[trials[0].kind] if trials else {}
         store.update(done)
         if done:
-            print(
-                f"{desc}: {len(done)} of {len(trials)} trials done earlier, reused", file=sys.stderr
-            )
+            note(f"{desc}: {len(done)} of {len(trials)} trials done earlier, reused")
         bar = tqdm(
             total=len(trials),
             initial=len(done),

@@ -31,7 +31,7 @@ def _import_ray() -> Any:
         import ray
     except ImportError as err:
         raise ConfigError(
-            "--engine ray needs Ray Tune: pip install 'e2vpt[ray]' (or uv sync --extra ray)"
+            "`engine` ray needs Ray Tune: pip install 'e2vpt[ray]' (or uv sync --extra ray)"
         ) from err
     return ray
 

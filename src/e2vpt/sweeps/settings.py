@@ -59,24 +59,24 @@ class SweepSettings:
         if self.weight_decays is not None and min(self.weight_decays) < 0:
             raise ConfigError(f"every weight decay must be >= 0, got {self.weight_decays}")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"--seeds repeats a seed: {self.seeds}")
+            raise ConfigError(f"`seeds` repeats a seed: {self.seeds}")
         if self.prune and cfg.build_method_config().method_name != "e2vpt":
-            raise ConfigError("--prune applies to --method e2vpt only")
+            raise ConfigError("`prune` applies to `method` e2vpt only")
         if self.prune:
             self.pruning(cfg)  # a pruning setting the recipe contradicts fails before any work
         if self.engine not in ("local", "ray"):
             raise ConfigError(f"unknown --engine {self.engine!r}; choose local or ray")
         if self.engine == "ray" and self.devices:
-            raise ConfigError("--devices is for the local engine; Ray places trials itself")
+            raise ConfigError("`devices` is for the local `engine`; Ray places trials itself")
         if self.ray.asha and self.engine != "ray":
-            raise ConfigError("--asha needs --engine ray")
+            raise ConfigError("`asha` needs `engine` ray")
         if self.ray.asha and not 1 <= self.ray.asha_grace_period <= cfg.epochs:
             raise ConfigError(
-                f"--asha-grace-period must be between 1 and --epochs ({cfg.epochs}), "
+                f"`asha_grace_period` must be between 1 and `epochs` ({cfg.epochs}), "
                 f"got {self.ray.asha_grace_period}"
             )
         if self.ray.asha_reduction_factor <= 1:
-            raise ConfigError("--asha-reduction-factor must be > 1")
+            raise ConfigError("`asha_reduction_factor` must be > 1")
 
     def prune_settings(self, output_dir: str | None = None) -> PruneSettings:
         return PruneSettings(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from e2vpt.errors import ConfigError
 from e2vpt.files import atomic_write_text
 from e2vpt.inference import InputNorm, Normalizer, data_settings, predict, resolve_device
 from e2vpt.model import PromptedModel
+from e2vpt.notices import note
 from e2vpt.reporting import write_json
 from e2vpt.runs import RUN_IDENTITY_FILE, TRAIN_CONFIG_FILE
 from e2vpt.training.config import ResolvedTrainConfig, TrainConfig
@@ -40,7 +40,7 @@ from e2vpt.training.session import (
 )
 from e2vpt.wrapping import wrap
 
-# torch.compile's options for `--compile` (tests swap in a fast backend)
+# torch.compile's options for the `compile` setting (tests swap in a fast backend)
 COMPILE_OPTIONS: dict[str, Any] = {}
 # a split is kept on the GPU when it takes at most this share of the free memory
 RESIDENT_SHARE = 0.25
@@ -102,7 +102,7 @@ def set_up(
 def _check_global_batch(batch_size: int, ddp: Distributed) -> None:
     if ddp.enabled and batch_size < ddp.world_size:
         raise ConfigError(
-            f"--batch-size {batch_size} is the global batch; it must be at least the "
+            f"`batch_size` {batch_size} is the global batch; it must be at least the "
             f"number of processes ({ddp.world_size})"
         )
 
@@ -285,10 +285,8 @@ def _loop_state(
         val_acc=state["val_acc"],
     )
     progress.saved_epoch = loop.epoch
-    if session.ddp.is_main:
-        print(
-            f"e2vpt train: resuming {session.out_dir} after epoch {loop.epoch} of "
-            f"{session.run.config.epochs}",
-            file=sys.stderr,
-        )
+    note(
+        f"resuming {session.out_dir} after epoch {loop.epoch} of {session.run.config.epochs}",
+        quiet=not session.ddp.is_main,
+    )
     return loop

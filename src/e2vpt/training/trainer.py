@@ -187,7 +187,7 @@ def plan_run_folder(
         raise folder.refusal()
     if not folder.holds_run:
         if existing == "resume":
-            raise ConfigError(f"{out} holds no run to resume; start it without --resume")
+            raise ConfigError(f"{out} holds no run to resume; start it without `resume`")
         return "fresh", folder
     if existing == "refuse":
         raise folder.refusal()
@@ -197,8 +197,8 @@ def plan_run_folder(
     if differs and existing == "resume":
         shown = ", ".join(f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in differs.items())
         raise ConfigError(
-            f"--resume: {out} was started with other settings ({shown}); drop the flags "
-            "that differ, or start a new run (--overwrite, or another --output-dir)"
+            f"cannot `resume`: {out} was started with other settings ({shown}); drop the "
+            "settings that differ, or start a new run (`overwrite`, or another `output_dir`)"
         )
     if differs:
         return "replace", folder
