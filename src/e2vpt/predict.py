@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ from e2vpt.data.formats import FGVC
 from e2vpt.data.spec import DataSpec
 from e2vpt.errors import DataError
 from e2vpt.inference import autocast, model_data_settings, resolve_device
+from e2vpt.notices import note
+from e2vpt.predict_settings import PredictSettings
 from e2vpt.runs import (
     TRAIN_CONFIG_FILE,
     has_train_config,
@@ -103,34 +105,32 @@ class Predictor:
     def __init__(
         self,
         run_dir: str | os.PathLike[str],
-        device: str = "auto",
-        batch_size: int = 64,
-        precision: str = "fp32",
-        top_k: int = 5,
+        settings: PredictSettings | None = None,
         backbone: torch.nn.Module | None = None,
-        weights: str | None = None,
+        **options: Any,
     ) -> None:
+        """``options`` override single settings: ``Predictor(run, device="cpu")``."""
+        settings = replace(settings or PredictSettings(), **options)
+        settings.validate()
+        self.settings = settings
         self.run_dir = Path(run_dir)
         require_complete(self.run_dir, "predict with")
         meta = read_adapter_config(self.run_dir)
-        if batch_size < 1 or top_k < 1:
-            raise DataError(f"batch size and top-k must be >= 1, got {batch_size} and {top_k}")
-        self.device = resolve_device(device)
-        self.batch_size = batch_size
-        self.precision = precision
+        self.device = resolve_device(settings.device)
+        self.batch_size = settings.batch_size
+        self.precision = settings.precision
         if backbone is None:  # `weights`: for a run made where its stored path is not here
-            backbone = backbone_for_run(meta, weights, self.run_dir)
+            backbone = backbone_for_run(meta, settings.weights, self.run_dir)
         self.model = load(self.run_dir, backbone=backbone).to(self.device).eval()
         self.image_size, normalizer = model_data_settings(self.model)
         self.normalizer = normalizer.to(self.device)
         self.resize = RESIZE_PLAIN
-        self.notes: list[str] = []
         if has_train_config(self.run_dir):
             data = read_train_config(self.run_dir).data or ""
             fgvc = bool(data) and DataSpec.parse(data).kind == FGVC
             self.resize = RESIZE_FGVC if fgvc else RESIZE_PLAIN
         else:
-            self.notes.append(
+            note(
                 f"{self.run_dir} has no {TRAIN_CONFIG_FILE}: images are resized to "
                 f"{self.image_size}×{self.image_size} (the VTAB / image-folder protocol)"
             )
@@ -138,12 +138,12 @@ class Predictor:
         num_classes = int(meta["num_classes"])
         if names is None:
             names = [f"class_{i}" for i in range(num_classes)]
-            self.notes.append(
+            note(
                 f"{self.run_dir} was saved without class names: classes are named "
                 "class_0 … by label"
             )
         self.classes = list(names)
-        self.top_k = min(top_k, num_classes)
+        self.top_k = min(settings.top_k, num_classes)
 
     def decode(self, image: str | os.PathLike[str] | Image.Image | np.ndarray) -> np.ndarray:
         """One image → the uint8 H×W×3 array the run's evaluation would see."""

@@ -93,12 +93,13 @@ def test_missing_splits_are_said_once_at_start(
     assert "`val_fraction` F" in err
     assert f"e2vpt: {tmp_path} has no test/ split" in err
     lines = err.strip().splitlines()
-    assert lines[-1].startswith("data: ")  # notes first, then the summary
+    assert lines[-1].startswith("e2vpt: data: ")  # notes first, then the summary
     load_task(str(tmp_path), 8, progress=False)  # the same process: not said again
     assert "has no val/" not in capsys.readouterr().err
     write_tree(tmp_path, {"val": {"cat": 1, "dog": 1}, "test": {"cat": 1, "dog": 1}})
     load_task(str(tmp_path), 8, progress=False)
-    assert "e2vpt:" not in capsys.readouterr().err
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("e2vpt: data: ")  # the summary alone
 
 
 def test_val_fraction_holds_out_a_stratified_seeded_part_of_train(
@@ -161,17 +162,17 @@ def test_every_load_prints_one_summary_line(
     load_task(str(tmp_path / "pets"), 8, progress=False)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2  # the missing test split's note, then the summary
-    assert err[1].startswith("data: pets — 2 classes (cat, dog); train 5, val 2, test — (")
+    assert err[1].startswith("e2vpt: data: pets — 2 classes (cat, dog); train 5, val 2, test — (")
     assert "decoded once to the cache at" in err[1]
     load_task("builtin:position", 8)
     err = capsys.readouterr().err.strip()
-    assert err.startswith("data: position — 9 classes (cell_00, cell_01,")
+    assert err.startswith("e2vpt: data: position — 9 classes (cell_00, cell_01,")
     assert err.endswith("; train 800, val 200, test 1000 (generated)")
     vtab = tmp_path / "dtd"
     write_vtab_tree(vtab, {"train800": 4, "val200": 2, "test": 3}, num_classes=47)
     load_task(f"vtab:{vtab}", 8, progress=False)
     err = capsys.readouterr().err.strip()
-    assert err.startswith("data: dtd — 47 classes; train 4, val 2, test 3 (")
+    assert err.startswith("e2vpt: data: dtd — 47 classes; train 4, val 2, test 3 (")
     load_task(f"vtab:{vtab}", 8, progress=False, quiet=True)
     load_task(str(tmp_path / "pets"), 8, progress=False, quiet=True)
     assert capsys.readouterr().err == ""

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from e2vpt.cli.shared_flags import DEVICE_HELP, add_weights_flag
+from e2vpt.cli.flags import add_dataclass_flags, settings_from_args
+from e2vpt.predict_settings import PredictSettings
 
 NAME = "predict"
 HELP = "classify images with a trained run folder"
@@ -36,13 +37,7 @@ def add_parser(sub: Any) -> None:
         "--output", type=Path, help="write the predictions to a .csv or .jsonl file"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.add_argument("--top-k", type=int, default=5, help="classes per image (default: 5)")
-    parser.add_argument(
-        "--batch-size", type=int, default=64, help="images per forward (default: 64)"
-    )
-    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    parser.add_argument("--precision", default="fp32", help="fp32 | bf16 | auto")
-    add_weights_flag(parser)
+    add_dataclass_flags(parser, PredictSettings, suppress_defaults=False)
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -70,25 +65,15 @@ def _check_output(output: Path | None, overwrite: bool) -> None:
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from tqdm.auto import tqdm
 
-    from e2vpt.errors import ConfigError
     from e2vpt.files import atomic_write_text
     from e2vpt.predict import Failure, Prediction, Predictor, find_images, throughput
 
     output: Path | None = args.output
     _check_output(output, args.overwrite)
-    if args.top_k < 1:
-        raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
+    settings = settings_from_args(PredictSettings, args)
+    settings.validate()  # before the images are searched
     paths = find_images(args.inputs)
-    predictor = Predictor(
-        args.run_dir,
-        device=args.device,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        top_k=args.top_k,
-        weights=args.weights,
-    )
-    for note_text in predictor.notes:
-        print(f"note: {note_text}", file=sys.stderr)
+    predictor = Predictor(args.run_dir, settings)
     start = time.perf_counter()
     rows: list[Prediction] = []
     failed: list[Failure] = []
