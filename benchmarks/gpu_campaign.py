@@ -204,9 +204,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def step_tests(ctx: Context, budget: float) -> Outcome:
     out = ctx.path("tests")
     command = [
-        ctx.python, "-m", "pytest", "tests/gpu", "-m", "gpu", "-rs",  # -q: pyproject
+        ctx.python, "-m", "pytest", "tests/gpu", "-m", "gpu", "-rs", "-o", "addopts=-q",
         "-p", "no:cacheprovider", f"--junitxml={out / 'junit.xml'}",
-    ]  # fmt: skip
+    ]  # fmt: skip (addopts: one process; the device machine has no pytest-xdist)
     if ctx.smoke:
         ctx.env["E2VPT_GPU_TESTS_ON_CPU"] = "1"
     (code,) = run_logged([command], out / "log.txt", ctx, budget)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from timm.models.vision_transformer import VisionTransformer
 from e2vpt.data import Split, Task, load_builtin
 from e2vpt.data.cache import CACHE_ENV
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# the suite runs on as many pytest-xdist workers as there are cores: each takes its share
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=4, mlp_ratio=2.0)
 

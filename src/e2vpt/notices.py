@@ -36,10 +36,11 @@ LOGGER.setLevel(logging.INFO)
 LOGGER.propagate = False
 
 
-def note(message: str, quiet: bool = False) -> None:
-    """Say ``message`` once per process (a sweep reloading a task does not repeat it);
+def note(message: str, quiet: bool = False, once: bool = True) -> None:
+    """Say ``message`` once per process (a sweep reloading a task does not repeat a
+    warning about its data); ``once=False``: every time (a summary, a step's progress);
     ``quiet``: not at all (a torchrun rank other than 0)."""
-    if quiet or message in _said:
+    if quiet or (once and message in _said):
         return
     _said.add(message)
     LOGGER.disabled = False  # a library's logging.config (uvicorn's) must not silence it

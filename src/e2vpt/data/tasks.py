@@ -54,5 +54,5 @@ def load_task(
         seed=seed, progress=progress, val_fraction=val_fraction, cache=cache, quiet=quiet
     )
     task = parsed.format.load(parsed, image_size, options)
-    note(task.summary(), quiet=quiet)
+    note(task.summary(), quiet=quiet, once=False)
     return task

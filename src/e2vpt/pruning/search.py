@@ -134,7 +134,7 @@ def _importance(
     scores = _load_importance(path, score, prune_mode, source_sha)
     if scores is not None:
         return scores
-    note(f"importance ({score}) over {run_dir}'s training split")
+    note(f"importance ({score}) over {run_dir}'s training split", once=False)
     device = resolve_device(cfg.device)
     backbone = create_backbone(cfg.backbone, weights=cfg.weights) if cfg.weights else None
     try:
@@ -296,11 +296,12 @@ def prune_run(
         if done is None:
             note(
                 f"[{index}/{len(grid)}] rewind + retrain: prune {t:g} of tokens, {s:g} of "
-                f"segments → {point_dir}"
+                f"segments → {point_dir}",
+                once=False,
             )
             done = _rewind_point(cfg, task, plan, point_dir, source_sha)
         else:
-            note(f"[{index}/{len(grid)}] {plan.label}: done earlier, reused")
+            note(f"[{index}/{len(grid)}] {plan.label}: done earlier, reused", once=False)
             done = {**done, "run_dir": str(point_dir)}  # where it is now, not where it was
         points.append(done)
 

@@ -194,7 +194,7 @@ class Sweep:
         store = self.records[trials[0].kind] if trials else {}
         store.update(done)
         if done:
-            note(f"{desc}: {len(done)} of {len(trials)} trials done earlier, reused")
+            note(f"{desc}: {len(done)} of {len(trials)} trials done earlier, reused", once=False)
         bar = tqdm(
             total=len(trials),
             initial=len(done),

@@ -288,5 +288,6 @@ def _loop_state(
     note(
         f"resuming {session.out_dir} after epoch {loop.epoch} of {session.run.config.epochs}",
         quiet=not session.ddp.is_main,
+        once=False,
     )
     return loop
