@@ -119,3 +119,27 @@ def test_swin_tasks_share_a_batch(images: torch.Tensor) -> None:
     with torch.no_grad():
         for i, (image, task) in enumerate(zip(batch, tasks, strict=True)):
             torch.testing.assert_close(got[i], models[task](image[None])[0], rtol=0, atol=1e-5)
+
+
+def test_task_names_are_any_strings_the_modules_keys_are_ours(images: torch.Tensor) -> None:
+    """A name with a dot, or one of the module's own attributes, is a task like any other:
+    the model keeps its tasks under keys it makes, never under the names."""
+    backbone = make_tiny_vit()
+    torch.manual_seed(3)
+    names = ["a.b", "backbone", "task_modules", "forward", "task0"]
+    models = {n: perturbed(e2vpt.wrap(backbone, e2vpt.VPTConfig(tokens=2), 3)) for n in names}
+    multi = MultiTaskModel(backbone, models)
+    assert multi.task_names == names and multi.tasks["a.b"] is models["a.b"]
+    assert {key.split(".")[1] for key in multi.state_dict() if key.startswith("task_modules.")} == {
+        f"task{i}" for i in range(len(names))
+    }
+    batch = images.repeat(2, 1, 1, 1)[: len(names)]
+    got = multi(batch, names)
+    with torch.no_grad():
+        for image, name, logits in zip(batch, names, got, strict=True):
+            torch.testing.assert_close(logits, models[name](image[None])[0], rtol=0, atol=1e-5)
+    multi.remove_task("a.b")
+    multi.add_task("a.b", models["a.b"])  # a new key: keys are never reused
+    assert "task5" in dict(multi.task_modules.named_children())
+    with pytest.raises(e2vpt.ConfigError, match="non-empty string"):
+        multi.add_task("", models["forward"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,40 +11,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 import e2vpt
 from e2vpt.predict import Predictor
-from e2vpt.serving import ServeSettings, TaskServer, build_app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from e2vpt.serving import ServeSettings, TaskServer
+from tests.serving_support import free_port, make_runs, png, read_metrics, start_server
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("serve")
-    torch.manual_seed(0)
-    configs = {
-        "linear": e2vpt.LinearConfig(),
-        "vpt": e2vpt.VPTConfig(tokens=3, deep=True),
-        "e2vpt": e2vpt.E2VPTConfig(visual_tokens=4, kv_tokens=2),
-    }
-    out = {}
-    for i, (name, config) in enumerate(configs.items()):
-        model = e2vpt.wrap(e2vpt.create_backbone("demo_vit_cifar10"), config, 3 + i)
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.add_(0.1 * torch.randn_like(p))
-        model.class_names = [f"{name}_{c}" for c in range(3 + i)]
-        e2vpt.save(model, root / name)
-        out[name] = str(root / name)
-    return out
+    return make_runs(tmp_path_factory.mktemp("serve"))
 
 
 SERVERS: dict[str, TaskServer] = {}
@@ -67,26 +41,6 @@ def url(runs: dict[str, str]) -> Iterator[str]:
     yield address
     server.should_exit = True
     thread.join(timeout=10)
-
-
-def read_metrics(url: str) -> dict[tuple[str, tuple], float]:
-    """/metrics parsed as Prometheus text: (sample name, sorted labels) → value."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    reply = httpx.get(f"{url}/metrics")
-    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(reply.text)
-        for sample in family.samples
-    }
-
-
-def png(seed: int) -> bytes:
-    array = np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_answers_equal_predict_and_requests_batch_across_tasks(
@@ -187,23 +141,6 @@ def test_a_model_failure_is_a_500_and_the_server_stays_up(
     assert fine.status_code == 200
 
 
-def start_server(
-    settings: ServeSettings, task_server: TaskServer | None = None
-) -> tuple[str, object, threading.Thread]:
-    import uvicorn
-
-    port = free_port()
-    app = build_app(task_server or TaskServer(settings))
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server, thread
-
-
 def test_per_task_batching_never_mixes_tasks(runs: dict[str, str]) -> None:
     settings = ServeSettings(adapters=runs, device="cpu", max_wait_ms=50, batching="per-task")
     url, server, thread = start_server(settings)
@@ -233,7 +170,9 @@ def test_per_task_batching_never_mixes_tasks(runs: dict[str, str]) -> None:
 
 def test_tasks_added_and_removed_under_load(runs: dict[str, str], tmp_path: Path) -> None:
     """Requests keep flowing for one task while others come and go: its answers stay
-    right, a removed task's requests are 404 (never 500), an added one answers at once."""
+    right, a removed task's requests are 404 (never 500), an added one answers at once;
+    a task added and removed again and again, its removal raced by a second DELETE
+    (404), fails no request for any other task."""
     root = Path(runs["linear"]).parent
     settings = ServeSettings(
         adapters={"steady": runs["e2vpt"], "leaving": runs["vpt"]},
@@ -247,7 +186,7 @@ def test_tasks_added_and_removed_under_load(runs: dict[str, str], tmp_path: Path
     (expected,) = Predictor(runs["e2vpt"], device="cpu", top_k=1).predict([path])
     headers = {"content-type": "image/png"}
     stop = threading.Event()
-    seen: dict[str, list[int]] = {"steady": [], "leaving": []}
+    seen: dict[str, list[int]] = {"steady": [], "leaving": [], "churn": []}
 
     def hammer(task: str) -> None:
         with httpx.Client() as client:
@@ -259,10 +198,22 @@ def test_tasks_added_and_removed_under_load(runs: dict[str, str], tmp_path: Path
                 if task == "steady":
                     assert reply.json()["classes"] == expected.classes
 
+    def churn(cycles: int) -> list[int]:
+        deletes = []
+        with ThreadPoolExecutor(2) as racers:
+            for cycle in range(cycles):
+                run = ("vpt", "linear")[cycle % 2]
+                added = httpx.post(f"{url}/v1/tasks", json={"name": "churn", "run": run})
+                assert added.status_code == 200, added.text
+                twice = [racers.submit(httpx.delete, f"{url}/v1/tasks/churn") for _ in "ab"]
+                deletes += sorted(f.result().status_code for f in twice)
+        return deletes
+
+    tasks = ("steady", "steady", "leaving", "churn")
     try:
-        with ThreadPoolExecutor(4) as pool:
-            running = [pool.submit(hammer, t) for t in ("steady", "steady", "leaving", "leaving")]
-            time.sleep(0.5)
+        with ThreadPoolExecutor(len(tasks)) as pool:
+            running = [pool.submit(hammer, t) for t in tasks]
+            time.sleep(0.3)
             assert (
                 httpx.post(f"{url}/v1/tasks", json={"name": "new", "run": "linear"}).status_code
                 == 200
@@ -270,7 +221,7 @@ def test_tasks_added_and_removed_under_load(runs: dict[str, str], tmp_path: Path
             added = httpx.post(f"{url}/v1/tasks/new/predict", content=png(7), headers=headers)
             assert added.status_code == 200
             assert httpx.delete(f"{url}/v1/tasks/leaving").status_code == 200
-            time.sleep(0.5)
+            deletes = churn(6)
             stop.set()
             for future in running:
                 future.result()
@@ -278,9 +229,11 @@ def test_tasks_added_and_removed_under_load(runs: dict[str, str], tmp_path: Path
         stop.set()
         server.should_exit = True
         thread.join(timeout=10)
+    assert deletes == [200, 404] * 6  # one DELETE removes it, the other finds it gone
     assert seen["steady"] and set(seen["steady"]) == {200}
     assert 200 in seen["leaving"] and set(seen["leaving"]) <= {200, 404}
     assert seen["leaving"][-1] == 404
+    assert set(seen["churn"]) <= {200, 404} and seen["churn"]
 
 
 def test_shutdown_drains_requests_in_flight(runs: dict[str, str]) -> None:

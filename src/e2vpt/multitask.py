@@ -40,7 +40,11 @@ class MultiTaskModel(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.tasks = nn.ModuleDict()
+        # the task models under keys of our own ("task0", "task1", …): a task's name is
+        # any string (a dot in it, or "backbone", would break a ModuleDict key)
+        self.task_modules = nn.ModuleDict()
+        self._keys: dict[str, str] = {}  # task name → its key in task_modules
+        self._next_key = 0
         for name, source in (tasks or {}).items():
             self.add_task(name, source)
 
@@ -48,8 +52,21 @@ class MultiTaskModel(nn.Module):
     def add_task(self, name: str, source: str | os.PathLike[str] | PromptedModel) -> None:
         """Add a task from its run folder (loaded onto the shared backbone, whose
         architecture and weights it must have been trained on) or a wrapped model."""
-        if name in self.tasks:
+        if name in self._keys:
             raise ConfigError(f"task {name!r} is already in the model; remove_task it first")
+        model = self.prepare_task(name, source)
+        key = f"task{self._next_key}"
+        self._next_key += 1
+        self.task_modules[key] = model
+        self._keys[name] = key
+
+    def prepare_task(
+        self, name: str, source: str | os.PathLike[str] | PromptedModel
+    ) -> PromptedModel:
+        """The model ``add_task(name, source)`` would add, checked and loaded but not
+        added: this MultiTaskModel stays as it is (a server loads while batches run)."""
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"a task name is a non-empty string, got {name!r}")
         if isinstance(source, PromptedModel):
             model = source
             if model.backbone is not self.backbone:
@@ -61,7 +78,10 @@ class MultiTaskModel(nn.Module):
             folder = Path(source)
             method = read_config(folder)["method"]
             self._check_method(name, method)
-            model = load(folder, backbone=self.backbone)
+            # onto the backbone's device: load's default, the CPU, would move the shared
+            # backbone there (under the other tasks' feet)
+            device = next(self.backbone.parameters()).device
+            model = load(folder, backbone=self.backbone, map_location=device)
         self._check_method(name, model.method_name)
         family = _shared_pass_family(model.family)
         if family is None:
@@ -75,7 +95,7 @@ class MultiTaskModel(nn.Module):
                 f"task {name!r} pools by {model.global_pool!r}; a shared {model.family} batch "
                 f"pools by {' or '.join(family.shared_pools)}: run this task on its own model"
             )
-        self.tasks[name] = model.eval()
+        return model.eval()
 
     @staticmethod
     def _check_method(name: str, method: str) -> None:
@@ -87,13 +107,23 @@ class MultiTaskModel(nn.Module):
             )
 
     def remove_task(self, name: str) -> None:
-        if name not in self.tasks:
-            raise ConfigError(f"no task {name!r}; the tasks are {', '.join(self.tasks)}")
-        del self.tasks[name]
+        if name not in self._keys:
+            raise ConfigError(f"no task {name!r}; the tasks are {', '.join(self._keys)}")
+        del self.task_modules[self._keys.pop(name)]
+
+    @property
+    def tasks(self) -> dict[str, PromptedModel]:
+        """Task name → its model (a new dict: changing it changes nothing here)."""
+        return {name: self._task(name) for name in self._keys}
 
     @property
     def task_names(self) -> list[str]:
-        return list(self.tasks)
+        return list(self._keys)
+
+    def _task(self, name: str) -> PromptedModel:
+        model = self.task_modules[self._keys[name]]
+        assert isinstance(model, PromptedModel)
+        return model
 
     # -- forward -----------------------------------------------------------------------
     @torch.no_grad()
@@ -102,20 +132,20 @@ class MultiTaskModel(nn.Module):
         (their lengths are the tasks' class counts)."""
         if len(tasks) != images.shape[0]:
             raise ConfigError(f"{images.shape[0]} images but {len(tasks)} task names")
-        unknown = sorted(set(tasks) - set(self.tasks))
+        unknown = sorted(set(tasks) - set(self._keys))
         if unknown:
             raise ConfigError(
                 f"unknown task(s) {', '.join(map(repr, unknown))}; the model has "
-                f"{', '.join(self.tasks) or 'no tasks'} (add_task adds one)"
+                f"{', '.join(self._keys) or 'no tasks'} (add_task adds one)"
             )
         groups = {t: [i for i, s in enumerate(tasks) if s == t] for t in dict.fromkeys(tasks)}
-        parts: list[TaskRows] = [(self.tasks[t], rows) for t, rows in groups.items()]
-        family = _shared_pass_family(self.tasks[tasks[0]].family)
+        parts: list[TaskRows] = [(self._task(t), rows) for t, rows in groups.items()]
+        family = _shared_pass_family(self._task(tasks[0]).family)
         assert family is not None  # add_task admits only such families
         features = family.multitask_pass(self.backbone, parts, images)
         out: list[torch.Tensor] = [torch.empty(0)] * len(tasks)
         for name, rows in groups.items():
-            model = self.tasks[name]
+            model = self._task(name)
             index = torch.tensor(rows, device=images.device)
             feats = features[index]
             if model.side_branch is not None:

@@ -6,8 +6,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from e2vpt.cli.flags import settings_from_args
-from e2vpt.cli.shared_flags import DEVICE_HELP
+from e2vpt.cli.flags import add_dataclass_flags, settings_from_args
 
 NAME = "serve"
 HELP = "serve many tasks on one backbone over HTTP"
@@ -16,12 +15,14 @@ INTERRUPT_SAYS_MORE = False
 
 
 def add_parser(sub: Any) -> None:
+    from e2vpt.serving.settings import TASK_NAME_RULE, ServeSettings
+
     parser = sub.add_parser(
         NAME,
         help=HELP,
         description="One frozen backbone and every --adapter task behind an HTTP API "
         "(FastAPI + uvicorn; OpenAPI page at /docs). Requests for any of the tasks that "
-        "arrive within --max-wait-ms run as one batch.",
+        f"arrive within --max-wait-ms run as one batch. A task name is {TASK_NAME_RULE}.",
     )
     parser.add_argument(
         "--adapter",
@@ -30,41 +31,7 @@ def add_parser(sub: Any) -> None:
         metavar="NAME=RUN_DIR",
         help="a task to serve (repeat the flag for more)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
-    parser.add_argument(
-        "--max-batch-size", type=int, default=32, help="images per forward at most (default: 32)"
-    )
-    parser.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=5.0,
-        help="how long a batch waits for more requests after its first (default: 5)",
-    )
-    parser.add_argument(
-        "--max-image-bytes",
-        type=int,
-        default=20 * 2**20,
-        help="larger uploads get 413 (default: 20 MiB)",
-    )
-    parser.add_argument(
-        "--max-queue",
-        type=int,
-        default=1024,
-        help="requests waiting for a batch beyond which new ones get 503 (default: 1024)",
-    )
-    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    parser.add_argument(
-        "--batching",
-        choices=("across-tasks", "per-task"),
-        default="across-tasks",
-        help="across-tasks: one batch mixes every task's requests (default); per-task: a "
-        "batch holds one task's requests (for comparison)",
-    )
-    parser.add_argument(
-        "--adapters-dir",
-        help="the only folder POST /v1/tasks may load run folders from (default: none)",
-    )
+    add_dataclass_flags(parser, ServeSettings, suppress_defaults=False)
     parser.set_defaults(run_command=run)
 
 
@@ -87,8 +54,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from e2vpt.errors import ConfigError
 
     adapters = parse_adapters(args.adapter)
+    from e2vpt.serving.settings import ServeSettings
+
     try:
-        from e2vpt.serving import ServeSettings, serve
+        from e2vpt.serving.app import serve
     except ImportError:
         raise ConfigError(
             "e2vpt serve needs FastAPI, uvicorn and prometheus-client: pip install 'e2vpt[serve]'"

@@ -6,7 +6,7 @@ import argparse
 
 from e2vpt.devices import DEVICE_CHOICES
 
-DEVICE_HELP = f"{DEVICE_CHOICES} (default: auto)"  # predict, serve
+DEVICE_HELP = f"{DEVICE_CHOICES} (default: auto)"  # predict
 
 
 def add_weights_flag(parser: argparse.ArgumentParser) -> None:
