@@ -160,9 +160,12 @@ def test_every_load_prints_one_summary_line(
     write_tree(tmp_path / "pets", {"train": {"cat": 3, "dog": 2}, "val": {"cat": 1, "dog": 1}})
     load_task(str(tmp_path / "pets"), 8, progress=False)
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2  # the missing test split's note, then the summary
-    assert err[1].startswith("data: pets — 2 classes (cat, dog); train 5, val 2, test — (")
-    assert "decoded once to the cache at" in err[1]
+    assert len(err) == 3  # the missing test split's note, the small classes', the summary
+    assert err[1].endswith(
+        "cat (3), dog (2) have fewer than 5 training images; their accuracy is noise (add images)"
+    )
+    assert err[2].startswith("data: pets — 2 classes (cat, dog); train 5, val 2, test — (")
+    assert "decoded once to the cache at" in err[2]
     load_task("builtin:position", 8)
     err = capsys.readouterr().err.strip()
     assert err.startswith("data: position — 9 classes (cell_00, cell_01,")
