@@ -219,6 +219,8 @@ def _open_run_folder(
     if action == "replace" and ddp.is_main:
         clear(folder)
     if action == "reuse":
+        if ddp.is_main:  # a kill between the marker and the state's deletion left it
+            (folder.path / TRAIN_STATE_FILE).unlink(missing_ok=True)
         return _stored_result(folder.path)
     if action == "resume" and cfg.state_every:
         return read_state(folder.path / TRAIN_STATE_FILE)
