@@ -2,13 +2,16 @@
 (``--resume``; the same sweep or prune command again): it always ends as the run that was
 never killed, and nothing the kill left half-written is trusted by a later command.
 
-The moments are the points where a kill can leave a difference on disk: every file e2vpt
-writes is renamed into place (``os.replace``), so a child process (forked: no import
-cost) kills itself with SIGKILL just before or just after its k-th rename, k drawn from a
-seeded generator over all of the command's renames (counted by an uninterrupted run of
-it, the reference the resumed runs must equal). The data cache is written afresh in
-every run, so its files are among the moments too. One torch thread: a forked child may
-not use the OpenMP pool its parent started, and the comparisons are bit for bit."""
+Two kinds of moment, each drawn from a seeded generator. ``rename``: the points where a
+kill can leave a difference on disk. Every file e2vpt writes is renamed into place
+(``os.replace``), so the child process kills itself with SIGKILL just before or just
+after its k-th rename, k drawn over all of the command's renames (counted by an
+uninterrupted run of it: the reference the resumed runs must equal). ``delay``: the test
+kills the child after a delay drawn within the reference run's duration, wherever that
+lands (mid-computation, mid-write of a temp file; a child that finished first is fine
+too). The children are forked (no import cost); the data cache is written afresh in every
+run, so its files are among the moments. One torch thread: a forked child may not use
+the OpenMP pool its parent started, and the comparisons are bit for bit."""
 
 from __future__ import annotations
 
@@ -16,8 +19,10 @@ import json
 import os
 import random
 import signal
+import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +43,16 @@ from e2vpt.runs import (
 )
 from tests.conftest import write_vtab_tree
 
-# the seeds of the moments, drawn so that they fall in different phases (with today's
-# rename counts; other counts move them, the test holds wherever they fall)
-TRAIN_KILLS = (2, 5, 9)  # the cache entry written; mid-run; the checkpoint written
-SWEEP_KILLS = (5, 11)  # a trial finished, its record not; the grid done, its summary not
-PRUNE_KILLS = (7, 11)  # a grid point's run; the selected checkpoint being copied
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the children are forked")
+
+# kind:seed. The rename seeds are drawn so that they fall in different phases (with
+# today's rename counts; other counts move them, and the test holds wherever they fall):
+# train: the cache entry written, mid-run, the checkpoint written; sweep: a trial
+# finished but not its record, the grid done but not its summary; prune: a grid point's
+# run, the selected checkpoint being copied.
+TRAIN_KILLS = ("rename:2", "rename:5", "rename:9", "delay:1")
+SWEEP_KILLS = ("rename:5", "rename:11", "delay:2")
+PRUNE_KILLS = ("rename:7", "rename:11", "delay:3")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -90,8 +100,15 @@ def fresh_cache(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
     monkeypatch.setenv(CACHE_ENV, str(path))
 
 
-def counted_run(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    """Run ``argv`` uninterrupted; the number of files it renamed into place."""
+@dataclass(frozen=True)
+class Reference:
+    """The uninterrupted run: how many files it renamed into place, how long it took."""
+
+    renames: int
+    seconds: float
+
+
+def reference_run(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> Reference:
     renames = []
     replace = os.replace
 
@@ -99,15 +116,32 @@ def counted_run(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
         renames.append(dst)
         replace(src, dst)
 
+    start = time.perf_counter()
     with monkeypatch.context() as patch:
         patch.setattr(os, "replace", counting)
         assert main(argv) == 0
-    return len(renames)
+    return Reference(len(renames), time.perf_counter() - start)
 
 
-def killed(argv: list[str], at: int, after: bool) -> None:
-    """``main(argv)`` in a forked child that SIGKILLs itself at its ``at``-th rename,
-    just before it or just after it."""
+def killed(argv: list[str], moment: str, reference: Reference) -> None:
+    """``main(argv)`` in a forked child, SIGKILLed at ``moment`` (see the module's
+    docstring)."""
+    kind, seed = moment.split(":")
+    rng = random.Random(int(seed))
+    if kind == "rename":
+        at, after = rng.randint(1, reference.renames), rng.random() < 0.5
+        status = _wait(_fork(argv, lambda: _die_at_rename(at, after)))
+    else:
+        pid = _fork(argv, lambda: None)
+        time.sleep(rng.uniform(0, reference.seconds))
+        os.kill(pid, signal.SIGKILL)  # a child that has exited is a zombie until waited
+        status = _wait(pid)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            return  # it finished first
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+
+
+def _fork(argv: list[str], prepare: Callable[[], None]) -> int:
     with warnings.catch_warnings():  # Python 3.12+ warns about forking with threads
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
@@ -117,18 +151,20 @@ def killed(argv: list[str], at: int, after: bool) -> None:
             quiet = os.open(os.devnull, os.O_WRONLY)
             os.dup2(quiet, 1)
             os.dup2(quiet, 2)
-            os.replace = _dying_replace(os.replace, at, after)
+            prepare()
             code = main(argv)
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+    return pid
 
 
-def _dying_replace(
-    replace: Callable[[str, str], None], at: int, after: bool
-) -> Callable[[str, str], None]:
-    count = 0
+def _wait(pid: int) -> int:
+    return os.waitpid(pid, 0)[1]
+
+
+def _die_at_rename(at: int, after: bool) -> None:
+    """From now on this process SIGKILLs itself at its ``at``-th rename."""
+    replace, count = os.replace, 0
 
     def dying(src: str, dst: str) -> None:
         nonlocal count
@@ -139,12 +175,7 @@ def _dying_replace(
         if count == at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    return dying
-
-
-def moment(seed: int, renames: int) -> tuple[int, bool]:
-    rng = random.Random(seed)
-    return rng.randint(1, renames), rng.random() < 0.5
+    os.replace = dying
 
 
 def assert_nothing_partial_is_trusted(root: Path, cache: Path) -> None:
@@ -175,12 +206,12 @@ def test_train_killed_anywhere_resumes_to_the_same_run(
 ) -> None:
     fresh_cache(monkeypatch, tmp_path / "cache-reference")
     reference = tmp_path / "reference"
-    renames = counted_run(train_argv(data, reference), monkeypatch)
+    measured = reference_run(train_argv(data, reference), monkeypatch)
     expected = load_file(reference / ADAPTER_TENSORS_FILE)
-    for seed in TRAIN_KILLS:
-        run, cache = tmp_path / f"run-{seed}", tmp_path / f"cache-{seed}"
+    for n, moment in enumerate(TRAIN_KILLS):
+        run, cache = tmp_path / f"run-{n}", tmp_path / f"cache-{n}"
         fresh_cache(monkeypatch, cache)
-        killed(train_argv(data, run), *moment(seed, renames))
+        killed(train_argv(data, run), moment, measured)
         assert_nothing_partial_is_trusted(run, cache)
         capsys.readouterr()
         code = main(["train", "--resume", "--output-dir", str(run), "--no-progress"])
@@ -191,7 +222,7 @@ def test_train_killed_anywhere_resumes_to_the_same_run(
         assert code == 0 and inspect_folder(run).kind == "complete"
         got = load_file(run / ADAPTER_TENSORS_FILE)
         assert got.keys() == expected.keys()
-        assert all(torch.equal(got[k], expected[k]) for k in expected), seed
+        assert all(torch.equal(got[k], expected[k]) for k in expected), moment
         for key in ("val_top1", "eval_top1"):
             assert results(run)[key] == results(reference)[key]
 
@@ -204,15 +235,15 @@ def test_sweep_killed_anywhere_is_resumed_by_the_same_command(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fresh_cache(monkeypatch, tmp_path / "cache-reference")
-    renames = counted_run(sweep_argv(data, tmp_path / "reference"), monkeypatch)
+    measured = reference_run(sweep_argv(data, tmp_path / "reference"), monkeypatch)
     expected = sweep_summary(tmp_path / "reference")
-    for seed in SWEEP_KILLS:
-        out, cache = tmp_path / f"sweep-{seed}", tmp_path / f"cache-{seed}"
+    for n, moment in enumerate(SWEEP_KILLS):
+        out, cache = tmp_path / f"sweep-{n}", tmp_path / f"cache-{n}"
         fresh_cache(monkeypatch, cache)
-        killed(sweep_argv(data, out), *moment(seed, renames))
+        killed(sweep_argv(data, out), moment, measured)
         assert_nothing_partial_is_trusted(out, cache)
         assert main(sweep_argv(data, out)) == 0
-        assert sweep_summary(out) == expected, seed
+        assert sweep_summary(out) == expected, moment
 
 
 def sweep_summary(out: Path) -> dict:
@@ -231,15 +262,15 @@ def test_prune_killed_anywhere_is_resumed_by_the_same_command(
     source = tmp_path / "source"
     assert main(train_argv(data, source)) == 0
     fresh_cache(monkeypatch, tmp_path / "cache-reference")
-    renames = counted_run(prune_argv(source, tmp_path / "reference"), monkeypatch)
+    measured = reference_run(prune_argv(source, tmp_path / "reference"), monkeypatch)
     expected = pruning_summary(tmp_path / "reference")
-    for seed in PRUNE_KILLS:
-        out, cache = tmp_path / f"pruned-{seed}", tmp_path / f"cache-{seed}"
+    for n, moment in enumerate(PRUNE_KILLS):
+        out, cache = tmp_path / f"pruned-{n}", tmp_path / f"cache-{n}"
         fresh_cache(monkeypatch, cache)
-        killed(prune_argv(source, out), *moment(seed, renames))
+        killed(prune_argv(source, out), moment, measured)
         assert_nothing_partial_is_trusted(out, cache)
         assert main(prune_argv(source, out)) == 0
-        assert pruning_summary(out) == expected, seed
+        assert pruning_summary(out) == expected, moment
         e2vpt.load(out)  # the selected point's checkpoint, whole
 
 
