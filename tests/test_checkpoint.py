@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import e2vpt
+from e2vpt.errors import DiskFullError
 from e2vpt.runs import ADAPTER_CONFIG_FILE, ADAPTER_TENSORS_FILE
 from tests.conftest import make_tiny_vit
 from tests.methods.test_semantics import ALL_CONFIGS
@@ -106,11 +108,11 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) 
     files = tmp_path / ADAPTER_TENSORS_FILE, tmp_path / ADAPTER_CONFIG_FILE
     before = files[0].read_bytes(), files[1].read_text()
 
-    def broken(*args: object, **kwargs: object) -> None:
-        raise OSError("disk full")
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("e2vpt.checkpoint.save_file", broken)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr("e2vpt.files.os.fsync", full)  # the tensors' write fails
+    with pytest.raises(DiskFullError, match=f"in {tmp_path}: no space left on device"):
         e2vpt.save(trained_like(good), tmp_path)
     after = files[0].read_bytes(), files[1].read_text()
     assert before == after

@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "CheckpointError": "e2vpt.errors",
     "ConfigError": "e2vpt.errors",
     "DataError": "e2vpt.errors",
+    "DiskFullError": "e2vpt.errors",
     "DivergedError": "e2vpt.errors",
     "E2VPTError": "e2vpt.errors",
     "ExportError": "e2vpt.errors",

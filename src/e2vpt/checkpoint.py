@@ -7,18 +7,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from e2vpt.errors import CheckpointError
 from e2vpt.families import backbone_signature
-from e2vpt.files import atomic_write_bytes, atomic_write_text, check_writable, publish
+from e2vpt.files import atomic_write_bytes, atomic_write_text, check_writable
 from e2vpt.methods.base import ConfigError, get_method, method_config
 from e2vpt.model import PromptedModel, backbone_fingerprint
 from e2vpt.runs import ADAPTER_CONFIG_FILE, ADAPTER_TENSORS_FILE, inspect_folder
@@ -71,34 +71,30 @@ def save(model: PromptedModel, directory: str | os.PathLike[str]) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = tunable_state(model)
-    fd, tmp = tempfile.mkstemp(prefix=f".{ADAPTER_TENSORS_FILE}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt", "e2vpt_format": str(FORMAT_VERSION)})
-        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-        config = model.method_config
-        assert config is not None
-        meta: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "backbone": model.backbone_name,
-            "backbone_weights": getattr(model.backbone, "e2vpt_backbone_weights", None),
-            "backbone_signature": model.backbone_signature,
-            "backbone_fingerprint": model.backbone_fingerprint,
-            "global_pool": model.global_pool,
-            "method": config.method_name,
-            "method_config": config.to_dict(),
-            "num_classes": model.num_classes,
-            "input_norm": None if model.input_norm is None else list(map(list, model.input_norm)),
-            "class_names": model.class_names,
-            "masks_active": bool(model.visual_prompts and model.visual_prompts.masks_active),
-            "pruning": _pruning_summary(model),
-            "tensors": {k: list(v.shape) for k, v in tensors.items()},
-            "sha256": digest,
-        }
-        publish(tmp, directory / ADAPTER_TENSORS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    blob = safetensors_bytes(
+        tensors, metadata={"format": "pt", "e2vpt_format": str(FORMAT_VERSION)}
+    )
+    config = model.method_config
+    assert config is not None
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "backbone": model.backbone_name,
+        "backbone_weights": getattr(model.backbone, "e2vpt_backbone_weights", None),
+        "backbone_signature": model.backbone_signature,
+        "backbone_fingerprint": model.backbone_fingerprint,
+        "global_pool": model.global_pool,
+        "method": config.method_name,
+        "method_config": config.to_dict(),
+        "num_classes": model.num_classes,
+        "input_norm": None if model.input_norm is None else list(map(list, model.input_norm)),
+        "class_names": model.class_names,
+        "masks_active": bool(model.visual_prompts and model.visual_prompts.masks_active),
+        "pruning": _pruning_summary(model),
+        "tensors": {k: list(v.shape) for k, v in tensors.items()},
+        "sha256": hashlib.sha256(blob).hexdigest(),
+    }
+    # tensors first, recipe last: a folder with the recipe has the tensors it hashes
+    atomic_write_bytes(directory / ADAPTER_TENSORS_FILE, blob)
     atomic_write_text(directory / ADAPTER_CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return directory
 

@@ -46,6 +46,11 @@ class ExportError(E2VPTError, RuntimeError):
     """A model could not be exported, or the exported file does not reproduce it."""
 
 
+class DiskFullError(E2VPTError, OSError):
+    """A file could not be written: its disk is full (or the user's quota is). Nothing
+    half-written is left; the message names the folder."""
+
+
 def exit_code_of(
     main: Callable[[], int],
     name: str,

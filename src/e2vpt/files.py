@@ -1,13 +1,20 @@
 """Files written whole or not at all (temp file in the same folder, then rename), and the
-cheap check that a folder can take them. A leaf: imports nothing of e2vpt's but errors."""
+cheap check that a folder can take them. A full disk is a :class:`DiskFullError` that
+names the folder, and the temp file is gone. A leaf: imports nothing of e2vpt's but errors."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, Any
 
-from e2vpt.errors import ConfigError
+from e2vpt.errors import ConfigError, DiskFullError
+
+# the errors of a write that more room would fix
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def publish(tmp: str | Path, target: Path) -> None:
@@ -27,18 +34,61 @@ def temp_path(target: Path, suffix: str = ".tmp") -> Path:
     return Path(tmp)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+class _Recording:
+    """A file that remembers the OSError of a failed write: serializers that wrap it in
+    their own error (torch.save: a RuntimeError) still tell a full disk apart."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def atomic_write_with(path: Path, write: Callable[[Any], object]) -> None:
+    """Write ``path`` whole or not at all: ``write(file)`` fills a temp file beside it (a
+    serializer that takes a file object, such as ``torch.save``, streams into it), which
+    is flushed to disk and renamed over ``path``. On any failure the temp file is removed;
+    a full disk is a :class:`DiskFullError` naming the folder."""
+    tmp: str | None = None
+    recording: _Recording | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            recording = _Recording(handle)
+            write(recording)
             handle.flush()
             os.fsync(handle.fileno())
         publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        cause = recording.error if recording is not None and recording.error else err
+        if isinstance(cause, OSError) and cause.errno in _FULL:
+            raise disk_full(path, cause) from None
         raise
+
+
+def disk_full(path: Path, err: OSError) -> DiskFullError:
+    """The error for ``path`` that could not be written for want of room."""
+    reason = "disk quota exceeded" if err.errno == errno.EDQUOT else "no space left on device"
+    return DiskFullError(
+        f"cannot write {path.name} in {path.parent}: {reason}; free some space there, or "
+        "write to another folder (nothing half-written was kept)"
+    )
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write_with(path, lambda handle: handle.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -34,8 +34,9 @@ def test_hub_failure_points_to_local_weights(monkeypatch: pytest.MonkeyPatch) ->
     def offline(*args: object, **kwargs: object) -> None:
         raise OSError("network unreachable")
 
+    monkeypatch.setattr("e2vpt.backbones.create.hub_overlay", lambda *args: None)  # it answers
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(BackboneError, match="--weights PATH"):
+    with pytest.raises(BackboneError, match="local weights file with `weights`"):
         e2vpt.create_backbone("vit_tiny_patch16_224.augreg_in21k")
 
 

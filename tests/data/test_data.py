@@ -56,11 +56,11 @@ def test_image_folder_errors_name_the_problem(tmp_path: Path) -> None:
         load_task(str(tmp_path / "nope"), image_size=32)
     with pytest.raises(DataError, match="no train/ folder"):
         load_task(str(tmp_path), image_size=32)
-    write_folder(tmp_path, {"train": {"cat": 1}, "val": {"cow": 1}})
+    write_folder(tmp_path, {"train": {"cat": 1, "dog": 1}, "val": {"cow": 1}})
     with pytest.raises(DataError, match=r"classes \['cow'\]"):
         load_task(str(tmp_path), image_size=32, progress=False)
     broken = tmp_path / "b"
-    write_folder(broken, {"train": {"cat": 1}})
+    write_folder(broken, {"train": {"cat": 1, "dog": 1}})
     (broken / "train" / "cat" / "broken.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match="broken.jpg"):
         load_task(str(broken), image_size=32, progress=False)

@@ -161,9 +161,12 @@ def test_every_load_prints_one_summary_line(
     write_tree(tmp_path / "pets", {"train": {"cat": 3, "dog": 2}, "val": {"cat": 1, "dog": 1}})
     load_task(str(tmp_path / "pets"), 8, progress=False)
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2  # the missing test split's note, then the summary
-    assert err[1].startswith("e2vpt: data: pets — 2 classes (cat, dog); train 5, val 2, test — (")
-    assert "decoded once to the cache at" in err[1]
+    assert len(err) == 3  # the missing test split's note, the small classes', the summary
+    assert err[1].endswith(
+        "cat (3), dog (2) have fewer than 5 training images; their accuracy is noise (add images)"
+    )
+    assert err[2].startswith("e2vpt: data: pets — 2 classes (cat, dog); train 5, val 2, test — (")
+    assert "decoded once to the cache at" in err[2]
     load_task("builtin:position", 8)
     err = capsys.readouterr().err.strip()
     assert err.startswith("e2vpt: data: position — 9 classes (cell_00, cell_01,")
@@ -176,3 +179,41 @@ def test_every_load_prints_one_summary_line(
     load_task(f"vtab:{vtab}", 8, progress=False, quiet=True)
     load_task(str(tmp_path / "pets"), 8, progress=False, quiet=True)
     assert capsys.readouterr().err == ""
+
+
+def test_one_class_is_refused_before_any_work(
+    tmp_path: Path, data_cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One class scores 100 % without learning: refused in the cheap pre-check (before
+    the backbone, before decoding), for every format in load_task."""
+    from e2vpt.cli.main import main
+
+    write_tree(tmp_path / "one", {"train": {"cat": 6}, "val": {"cat": 2}})
+    message = "train has 1 class (cat); classification needs at least 2: add a train/<class>/"
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_task_spec(str(tmp_path / "one"))
+    with pytest.raises(DataError, match="classification needs at least 2"):
+        load_task(str(tmp_path / "one"), 8, progress=False, quiet=True)
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(tmp_path / "one"), "--output-dir", str(run), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("e2vpt train: error: ") and message in err[0]
+    assert not run.exists() and not any(data_cache_dir.iterdir())  # nothing decoded
+    # a format whose classes come from its labels: all of one label
+    vtab = tmp_path / "mytask"  # not a VTAB-1k name: its classes are its labels
+    write_vtab_tree(vtab, {"train800": 3, "val200": 1, "test": 1}, num_classes=1)
+    with pytest.raises(DataError, match=r"data vtab:.*mytask has 1 class \(0\); classific"):
+        load_task(f"vtab:{vtab}", 8, progress=False, quiet=True)
+
+
+def test_a_class_with_few_training_images_is_noted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_tree(tmp_path / "pets", {"train": {"cat": 5, "cow": 1, "dog": 4}})
+    load_task(str(tmp_path / "pets"), 8, progress=False)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "fewer than" in line]
+    assert notes == [
+        f"e2vpt: {tmp_path / 'pets'}: cow (1), dog (4) have fewer than 5 training images; "
+        "their accuracy is noise (add images)"
+    ]

@@ -135,7 +135,7 @@ def test_the_registry_covers_every_format_completely() -> None:
 
 
 def _tiny_task(spec: DataSpec, image_size: int, options: LoadOptions) -> Task:
-    return Task(name=f"tiny-{spec.path}-{image_size}-{options.seed}", classes=["a"])
+    return Task(name=f"tiny-{spec.path}-{image_size}-{options.seed}", classes=["a", "b"])
 
 
 def test_a_new_format_is_one_registration(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ import timm
 from torch import nn
 
 from e2vpt.backbones.demo import demo_vit_cifar10  # noqa: F401 (registers it with timm)
+from e2vpt.backbones.hub import hub_overlay
 from e2vpt.backbones.names import DEMO_BACKBONE, canonical_name, check_weights_file
 from e2vpt.backbones.weight_files import BackboneError, load_weights_file, looks_like_mae
 from e2vpt.errors import ConfigError
@@ -38,14 +39,20 @@ def create_backbone(
     """Create a backbone by name, with its pretrained weights (hub, bundled or ``weights``)."""
     name = canonical_name(name)
     _check_known(name)
+    fetch = pretrained and weights is None
     try:
-        model = timm.create_model(name, pretrained=pretrained and weights is None, **kwargs)
+        # a hub that cannot be reached: the cached file, or an error now (no retries)
+        overlay = hub_overlay(name, kwargs.get("cache_dir")) if fetch else None
+        if overlay is not None:
+            overlay = {**kwargs.get("pretrained_cfg_overlay", {}), **overlay}
+            kwargs = {**kwargs, "pretrained_cfg_overlay": overlay}
+        model = timm.create_model(name, pretrained=fetch, **kwargs)
     except Exception as err:  # noqa: BLE001 - hub, network and config errors alike
-        if weights is None and pretrained:
+        if fetch:
             raise BackboneError(
                 f"could not get pretrained weights for {name!r} ({err}). Without network "
-                f"access, pass a local file with --weights PATH (or weights=...), or use the "
-                f"bundled {DEMO_BACKBONE!r}"
+                f"access, pass a local weights file with `weights`, or use the bundled "
+                f"{DEMO_BACKBONE!r}"
             ) from err
         raise BackboneError(f"could not create {name!r}: {err}") from err
     if weights is not None:

@@ -235,6 +235,22 @@ def array_chunks(images_hwc: np.ndarray, size: int, chunk: int = DECODE_CHUNK) -
         yield Chunk(to_tensor(part, size).numpy())
 
 
+# classification needs this many classes (one class: every prediction is right)
+MIN_CLASSES = 2
+
+
+def check_classes(where: str, classes: Sequence[object], fix: str) -> None:
+    """A task of fewer than :data:`MIN_CLASSES` classes is an error: a one-class model
+    scores 100 % without learning anything. ``where`` names the data, ``fix`` says how
+    to give more classes."""
+    if len(classes) < MIN_CLASSES:
+        named = f" ({', '.join(map(str, classes))})" if classes else ""
+        raise DataError(
+            f"{where} has {len(classes)} class{named}; classification needs at least "
+            f"{MIN_CLASSES}: {fix}"
+        )
+
+
 def check_labels(labels: Sequence[int], num_classes: int, source: Path) -> None:
     for label in labels:
         if not 0 <= label < num_classes:

@@ -13,12 +13,14 @@ import torch
 
 from e2vpt.data.builtin import builtin_tasks
 from e2vpt.data.cache import load_image_files
-from e2vpt.data.core import DataError, Split, Task, note
+from e2vpt.data.core import DataError, Split, Task, check_classes, note
 from e2vpt.data.formats import FOLDER, LoadOptions, get_format
 from e2vpt.data.spec import DataSpec
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 SPLITS = ("train", "val", "test")
+# a class with fewer training images than this gets a notice (its accuracy is noise)
+FEW_IMAGES = 5
 
 
 def missing_folder_error(folder: str | Path) -> DataError:
@@ -63,6 +65,27 @@ def _walk_images(folder: Path) -> list[Path]:
 
 def _class_dirs(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _check_train_classes(train_dir: Path, classes: list[str]) -> None:
+    """At least two class folders in train/ (read from the folder names: no decoding)."""
+    if not classes:
+        raise DataError(f"{train_dir} has no class sub-folders; expected train/<class>/*.jpg")
+    check_classes(str(train_dir), classes, "add a train/<class>/ folder of images per class")
+
+
+def _note_small_classes(
+    root: Path, train: list[tuple[Path, int]], classes: list[str], quiet: bool
+) -> None:
+    """A notice naming the classes with fewer than :data:`FEW_IMAGES` training images."""
+    counts = np.bincount([label for _, label in train], minlength=len(classes))
+    small = [f"{classes[c]} ({int(n)})" for c, n in enumerate(counts) if n < FEW_IMAGES]
+    if small:
+        note(
+            f"{root}: {_names(small)} {'has' if len(small) == 1 else 'have'} fewer than "
+            f"{FEW_IMAGES} training images; their accuracy is noise (add images)",
+            quiet,
+        )
 
 
 def _names(names: list[str], limit: int = 10) -> str:
@@ -194,14 +217,14 @@ def load_image_folder(
     train_dir = root / "train"
     if not train_dir.is_dir():
         raise DataError(f"{root} has no train/ folder; expected {root}/train/<class>/*.jpg")
-    classes = _class_dirs(train_dir)
-    if not classes:
-        raise DataError(f"{train_dir} has no class sub-folders; expected train/<class>/*.jpg")
     present = [s for s in SPLITS if (root / s).is_dir()]
     if val_fraction is not None and "val" in present:
         raise val_conflict_error(root, val_fraction)
+    classes = _class_dirs(train_dir)
+    _check_train_classes(train_dir, classes)
     listed = _list_files(root, classes, present)
     _hold_out_val(root, listed, val_fraction, seed, quiet)
+    _note_small_classes(root, listed["train"], classes, quiet)
     order = [s for s in SPLITS if s in listed]  # train, val, test: train ∪ val is a view
     files = [f for s in order for f in listed[s]]
     paths = [p for p, _ in files]
@@ -243,7 +266,12 @@ def load_spec(spec: DataSpec, image_size: int, options: LoadOptions) -> Task:
 
 
 def check_spec(spec: DataSpec, val_fraction: float | None) -> None:
-    """No val/ split beside a ``val_fraction`` (the folder's existence and the fraction's
-    range are checked for every format before)."""
-    if val_fraction is not None and spec.folder is not None and (spec.folder / "val").is_dir():
+    """No val/ split beside a ``val_fraction``, and two classes or more in train/ (the
+    folder's existence and the fraction's range are checked for every format before)."""
+    if spec.folder is None:
+        return
+    if val_fraction is not None and (spec.folder / "val").is_dir():
         raise val_conflict_error(spec.folder, val_fraction)
+    train_dir = spec.folder / "train"
+    if train_dir.is_dir():  # no train/ at all: the loader's own error says what to add
+        _check_train_classes(train_dir, _class_dirs(train_dir))

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from e2vpt.data.core import DataError, Task
+from e2vpt.data.core import DataError, Task, check_classes
 from e2vpt.data.formats import LoadOptions
 from e2vpt.data.image_folder import check_fraction, missing_folder_error
 from e2vpt.data.spec import DataSpec
@@ -54,5 +54,8 @@ def load_task(
         seed=seed, progress=progress, val_fraction=val_fraction, cache=cache, quiet=quiet
     )
     task = parsed.format.load(parsed, image_size, options)
+    # every format's loader checks earlier where it can (before decoding); this catches
+    # any format, a registered one included
+    check_classes(f"data {spec}", task.classes, "give data with one label per class")
     note(task.summary(), quiet=quiet, once=False)
     return task

@@ -10,6 +10,7 @@ import timm
 import torch
 from torch import nn
 
+from e2vpt.backbones.hub import hub_overlay
 from e2vpt.backbones.weight_files import read_torch_file, unwrap_state
 from e2vpt.data.core import note
 from e2vpt.errors import BackboneError, ConfigError
@@ -70,14 +71,17 @@ class SideNetwork(nn.Module):
 def timm_side_network(name: str, pretrained: bool) -> nn.Module:
     """A timm model as the side network: pooled features, no classifier."""
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0)
+        # a hub that cannot be reached: the cached file, or an error now (no retries)
+        overlay = hub_overlay(name) if pretrained else None
+        extra = {"pretrained_cfg_overlay": overlay} if overlay else {}
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **extra)
     except Exception as err:  # noqa: BLE001 - hub and timm failures vary
         if not pretrained:
             raise
         raise BackboneError(
             f"could not fetch timm's weights for side network {name!r} "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-            "give a local weights file with --side-weights FILE"
+            "give a local weights file as `side_weights`"
         ) from err
 
 

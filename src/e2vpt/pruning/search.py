@@ -32,12 +32,14 @@ from e2vpt.pruning.report import plot_pruning, report_rows
 from e2vpt.pruning.settings import SCORE_DEFINITIONS, PruneSettings, ResolvedPruning
 from e2vpt.reporting import format_table, write_csv, write_json
 from e2vpt.runs import (
+    ADAPTER_CONFIG_FILE,
     CHECKPOINT_FILES,
     PRUNING_CURVE_FILE,
     PRUNING_IMPORTANCE_FILE,
     PRUNING_POINT_FILE,
     PRUNING_REPORT_NAME,
     RESULTS_FILE,
+    RUN_COMPLETE_FILE,
     absolute,
     read_adapter_config,
     read_record,
@@ -113,8 +115,11 @@ def _select(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _copy_checkpoint(source: Path, target: Path) -> None:
-    """The selected point's checkpoint becomes OUT's own (tensors first, recipe last:
-    each file atomic, and the recipe's hash catches a pair that does not belong)."""
+    """The selected point's checkpoint becomes OUT's own: an earlier search's recipe and
+    marker go first (so no reader pairs them with the new tensors while it is copied),
+    then tensors first, recipe and marker last, each file atomic."""
+    for name in (RUN_COMPLETE_FILE, ADAPTER_CONFIG_FILE):
+        (target / name).unlink(missing_ok=True)
     for name in CHECKPOINT_FILES:
         if (source / name).is_file():
             atomic_write_bytes(target / name, (source / name).read_bytes())

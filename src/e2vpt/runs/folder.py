@@ -140,7 +140,9 @@ def clear(folder: RunFolder) -> None:
 
 
 def mark_complete(path: Path, summary: dict[str, Any]) -> None:
-    """The run's last file: from now on readers accept the folder."""
+    """The run's last file: from now on readers accept the folder. The training state
+    goes after it (a marker that cannot be written leaves the run resumable; a state a
+    kill left beside the marker is deleted when the run is next reused)."""
     record = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **summary}
     atomic_write_text(path / RUN_COMPLETE_FILE, json.dumps(record, indent=2) + "\n")
     (path / TRAIN_STATE_FILE).unlink(missing_ok=True)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from e2vpt.errors import ConfigError
-from e2vpt.files import publish, temp_path
+from e2vpt.files import atomic_write_with
 
 STATE_FORMAT = 1
 
@@ -65,13 +65,8 @@ def capture(
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = temp_path(path)
-    try:
-        torch.save(state, tmp)
-        publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Streamed into a temp file, then renamed (a full disk: DiskFullError, no temp file)."""
+    atomic_write_with(path, lambda handle: torch.save(state, handle))
 
 
 def read_state(path: Path) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from e2vpt.backbones import check_weights_file
 from e2vpt.backbones.input_size import backbone_input_size
 from e2vpt.checkpoint import save
 from e2vpt.data import Task, check_task_spec
-from e2vpt.errors import ConfigError, Interrupted
+from e2vpt.errors import ConfigError, DiskFullError, Interrupted
 from e2vpt.files import check_writable
 from e2vpt.inference import resolve_device
 from e2vpt.model import PromptedModel
@@ -143,6 +143,10 @@ def train(
         if isinstance(err, Interrupted):
             raise
         raise Interrupted(_stopped_message(cfg, progress.saved_epoch)) from None
+    except DiskFullError as err:
+        if existing == "continue" or not progress.saved_epoch or not cfg.state_every:
+            raise  # nothing to resume from, or the caller's command goes on by itself
+        raise DiskFullError(f"{err}; {_stopped_message(cfg, progress.saved_epoch)}") from None
     finally:
         ddp.close()
 
@@ -215,6 +219,8 @@ def _open_run_folder(
     if action == "replace" and ddp.is_main:
         clear(folder)
     if action == "reuse":
+        if ddp.is_main:  # a kill between the marker and the state's deletion left it
+            (folder.path / TRAIN_STATE_FILE).unlink(missing_ok=True)
         return _stored_result(folder.path)
     if action == "resume" and cfg.state_every:
         return read_state(folder.path / TRAIN_STATE_FILE)
