@@ -22,9 +22,18 @@ from torch import nn
 from e2vpt.errors import ConfigError, ExportError
 from e2vpt.files import check_writable, publish, temp_path
 from e2vpt.model import PromptedModel
+from e2vpt.notices import note
 
 EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
 MAX_LOGIT_ERROR = 1e-4  # fp32: what an export may differ from PyTorch eager by
+# TorchScript stays as long as the torch we support keeps torch.jit; its successors are
+# the ExportedProgram (.pt2) and ONNX
+TORCHSCRIPT_NOTICE = (
+    "TorchScript is deprecated by PyTorch (torch.jit): its successors are `format` "
+    "exported-program (.pt2, torch.export.load) and onnx; e2vpt keeps torchscript as long "
+    "as PyTorch does"
+)
+TORCHSCRIPT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"  # torch's FutureWarning
 
 
 class Deployable(nn.Module):
@@ -107,6 +116,8 @@ def export_model(
     """Export, check against PyTorch, then publish ``output`` (never half-written: a
     failed export or check leaves no file)."""
     check_output(output, fmt, overwrite)
+    if fmt == "torchscript":
+        note(TORCHSCRIPT_NOTICE)
     start = time.perf_counter()
     if any(t.device.type != "cpu" for t in (*module.parameters(), *module.buffers())):
         # the file runs anywhere; exported and checked from a CPU copy, the caller's
@@ -199,7 +210,11 @@ def _runner(fmt: str, path: Path) -> Any:
         name = session.get_inputs()[0].name
         return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
     if fmt == "torchscript":
-        loaded = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # what torch says on every load; export_model has told the user, once, in
+            # words that name the successors (torch's 3.14 warning still shows)
+            warnings.filterwarnings("ignore", TORCHSCRIPT_DEPRECATED, FutureWarning)
+            loaded = torch.jit.load(str(path), map_location="cpu")
         return lambda x: loaded(x).detach()
     program = torch.export.load(str(path)).module()
     return lambda x: program(x).detach()

@@ -26,7 +26,13 @@ def add_parser(sub: Any) -> None:
         "with PyTorch before it is kept.",
     )
     parser.add_argument("run_dir", type=Path, help="the run folder to export")
-    parser.add_argument("--format", default="onnx", help="onnx | torchscript | exported-program")
+    parser.add_argument(
+        "--format",
+        default="onnx",
+        help="onnx | exported-program (.pt2, torch.export) | torchscript (deprecated by "
+        "PyTorch: kept as long as torch keeps torch.jit; onnx and exported-program are the "
+        "formats to build on)",
+    )
     parser.add_argument("--output", type=Path, help="file to write (default: RUN_DIR/model.<ext>)")
     parser.add_argument("--batch", default="dynamic", help="dynamic, or a fixed batch size")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
