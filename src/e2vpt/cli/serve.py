@@ -21,8 +21,9 @@ def add_parser(sub: Any) -> None:
         NAME,
         help=HELP,
         description="One frozen backbone and every --adapter task behind an HTTP API "
-        "(FastAPI + uvicorn; OpenAPI page at /docs). Requests for any of the tasks that "
-        f"arrive within --max-wait-ms run as one batch. A task name is {TASK_NAME_RULE}.",
+        "(FastAPI + uvicorn; a page to try it in a browser at /, the OpenAPI page at /docs). "
+        "Requests for any of the tasks that arrive within --max-wait-ms run as one batch. "
+        f"A task name is {TASK_NAME_RULE}.",
     )
     parser.add_argument(
         "--adapter",

@@ -11,6 +11,7 @@ serving.
     app.py       the HTTP routes, reading every request as hostile; serve()
     images.py    an upload → the model's input, its pixel count checked first
     metrics.py   /metrics, its label values bounded
+    page.py      GET /: the browser page (its files in static/)
     errors.py    the answers that are errors, each with its HTTP status
 
 Names are imported on first use: ``from e2vpt.serving import ServeSettings`` needs

@@ -34,6 +34,7 @@ from e2vpt.serving.errors import (
     TooLarge,
     UnsupportedType,
 )
+from e2vpt.serving.page import add_page_routes
 from e2vpt.serving.server import TaskServer, logger
 from e2vpt.serving.settings import (
     TASK_NAME_PATTERN,
@@ -82,6 +83,7 @@ def build_app(server: TaskServer) -> FastAPI:
     _add_info_routes(app, server)
     _add_predict_route(app, server)
     _add_task_routes(app, server)
+    add_page_routes(app)
     return app
 
 
@@ -161,6 +163,12 @@ def _add_info_routes(app: FastAPI, server: TaskServer) -> None:
     @app.get("/v1/tasks")
     async def tasks() -> dict[str, Any]:
         return {"tasks": server.describe()}
+
+    @app.get("/v1/status")
+    async def status() -> dict[str, Any]:
+        """The backbone and each task's class count and requests answered, as JSON
+        (what the page at / shows; /metrics has the same counts for Prometheus)."""
+        return server.status()
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -56,5 +56,19 @@ class Metrics:
             with contextlib.suppress(KeyError):  # no request for it was answered
                 metric.remove(task)
 
+    def requests_for(self, task: str) -> int:
+        """Predict requests answered for ``task`` (0 before its first)."""
+        value = self.registry.get_sample_value("e2vpt_requests_total", {"task": task})
+        return int(value or 0)
+
+    def error_counts(self) -> dict[str, int]:
+        """Error answers so far, per HTTP status."""
+        return {
+            sample.labels["status"]: int(sample.value)
+            for family in self.errors.collect()
+            for sample in family.samples
+            if sample.name == "e2vpt_errors_total"
+        }
+
     def text(self) -> bytes:
         return generate_latest(self.registry)

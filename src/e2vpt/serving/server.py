@@ -70,7 +70,8 @@ class TaskServer:
         self.settings = settings
         self.device = resolve_device(settings.device)
         first = next(iter(settings.adapters.values()))
-        backbone = create_backbone(read_adapter_config(first)["backbone"]).to(self.device)
+        self.backbone_name = str(read_adapter_config(first)["backbone"])
+        backbone = create_backbone(self.backbone_name).to(self.device)
         self.model = MultiTaskModel(backbone)
         self.tasks: dict[str, TaskInfo] = {}  # replaced whole under model_lock
         self.image_size = 0
@@ -142,6 +143,21 @@ class TaskServer:
             {"name": name, "method": t.method, "classes": t.classes, "tunable": t.tunable}
             for name, t in self.tasks.items()
         ]
+
+    def status(self) -> dict[str, Any]:
+        """``GET /v1/status``: the backbone and each task with its class count and the
+        predict requests answered for it, read from the same counters as /metrics."""
+        tasks = [
+            {"name": name, "method": t.method, "classes": len(t.classes), "tunable": t.tunable,
+             "requests": self.metrics.requests_for(name)}
+            for name, t in self.tasks.items()
+        ]  # fmt: skip
+        return {
+            "backbone": self.backbone_name,
+            "device": str(self.device),
+            "tasks": tasks,
+            "errors": self.metrics.error_counts(),
+        }
 
     # -- requests ----------------------------------------------------------------------
     @contextmanager
