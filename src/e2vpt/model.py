@@ -37,7 +37,10 @@ def backbone_name_of(backbone: nn.Module) -> str | None:
 def backbone_fingerprint(backbone: nn.Module) -> str | None:
     """A short hash of the pretrained weights, to catch a checkpoint loaded onto
     the right architecture with other weights (e.g. augreg vs orig IN-21k)."""
-    weight = backbone.patch_embed.proj.weight
+    embed = backbone.patch_embed
+    proj = getattr(embed, "proj", None)  # a hybrid's may be an Identity: its stem's first
+    weight = proj.weight if isinstance(getattr(proj, "weight", None), torch.Tensor) else None
+    weight = weight if weight is not None else next(embed.parameters())
     if weight.is_meta:
         return None
     parts = [weight.detach().float().flatten()[:8192]]
@@ -76,6 +79,8 @@ class PromptedModel(nn.Module):
     (:meth:`add_visual_prompts`, :meth:`add_kv_prompts`) and how its forward runs."""
 
     family: ClassVar[str] = ""
+    # what the family wraps, for the message that refuses other backbones
+    description: ClassVar[str] = ""
     # (pattern, replacement) for tensor names older e2vpt versions saved differently
     legacy_renames: ClassVar[tuple[tuple[str, str], ...]] = ()
 

@@ -12,6 +12,8 @@ tensors and plain containers (``weights_only=True``).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import sys
 import warnings
@@ -78,12 +80,15 @@ def unwrap_state(raw: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _timm_filter(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model family's own timm converter (renames, resampled position tables)."""
+    """The model family's own timm converter (renames, resampled position tables). What
+    it prints (Eva's, on a DINOv3 file with zero qkv biases for a model without them) is
+    its own debugging: the library prints nothing."""
     module = sys.modules.get(type(model).__module__)
     convert = getattr(module, "checkpoint_filter_fn", None)
     if convert is None:
         return state
-    return dict(convert(state, model))
+    with contextlib.redirect_stdout(io.StringIO()):
+        return dict(convert(state, model))
 
 
 def load_state_file(model: nn.Module, path: Path) -> None:
