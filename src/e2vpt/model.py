@@ -52,6 +52,8 @@ def backbone_fingerprint(backbone: nn.Module) -> str | None:
 
 
 HEAD_BIAS_PRIOR = 0.01
+# the backbone's own classifiers (DeiT distilled has two), never part of its features
+BACKBONE_CLASSIFIERS = ("head.", "head_dist.")
 
 
 def init_head(head: nn.Linear, how: str) -> None:
@@ -81,6 +83,9 @@ class PromptedModel(nn.Module):
     family: ClassVar[str] = ""
     # what the family wraps, for the message that refuses other backbones
     description: ClassVar[str] = ""
+    # the poolings it offers (`global_pool`), and whether its visual prompts can be pruned
+    pools: ClassVar[tuple[str, ...]] = ()
+    prunable_prompts: ClassVar[bool] = False
     # (pattern, replacement) for tensor names older e2vpt versions saved differently
     legacy_renames: ClassVar[tuple[tuple[str, str], ...]] = ()
 
@@ -101,7 +106,9 @@ class PromptedModel(nn.Module):
         self.backbone_signature = self.signature(backbone)
         self.backbone_fingerprint = backbone_fingerprint(backbone)
         self.backbone_param_count = sum(
-            p.numel() for n, p in backbone.named_parameters() if not n.startswith("head.")
+            p.numel()
+            for n, p in backbone.named_parameters()
+            if not n.startswith(BACKBONE_CLASSIFIERS)
         )
         self.backbone = backbone
         self.num_classes = num_classes

@@ -9,9 +9,11 @@ every registered model on the meta device, about two minutes)."""
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ import torch
 from timm.models import get_arch_name
 
 import e2vpt
+from e2vpt.cli.main import main
 from e2vpt.families import family_of, list_families
 
 # the smallest-to-build name of every (module, class) pair of timm 1.0.31
@@ -132,6 +135,53 @@ def test_supported_classes_equal_timm(name: str) -> None:
             assert "\n" not in str(err)
             return
         assert torch.isfinite(model.eval()(images)).all()
+
+
+def test_an_unsupported_hub_name_is_refused_before_its_weights_are_fetched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fetched = []
+    create = timm.create_model
+
+    def spy(name: str, pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
+        fetched.append(pretrained)
+        return create(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", spy)
+    with pytest.raises(e2vpt.ConfigError, match="backbone class Beit .* not supported"):
+        e2vpt.create_backbone("beit_base_patch16_224.in22k_ft_in22k")
+    assert fetched == [False]  # the meta-device check only: no download started
+
+
+def test_deit_distilled_weights_load_and_pool_as_timm(tmp_path: Path) -> None:
+    """Facebook's DeiT distilled file ({"model": ...}, both heads), onto its timm name."""
+    options = SMALL["deit_base_distilled_patch16_384"]
+    torch.manual_seed(2)
+    source = timm.create_model("deit_base_distilled_patch16_384", **options).eval()
+    path = tmp_path / "deit_base_distilled_patch16_384-d0ee3f1a.pth"
+    torch.save({"model": source.state_dict(), "epoch": 300}, path)
+    backbone = e2vpt.create_backbone("deit_base_distilled_patch16_384", weights=path, **options)
+    model = e2vpt.wrap(backbone, e2vpt.LinearConfig(), 5).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = source.forward_features(images)
+        want = (tokens[:, 0] + tokens[:, 1]) / 2  # the class and distillation tokens
+        torch.testing.assert_close(model.forward_pre_logits(images), want)
+    # the accounting leaves both of the backbone's own classifiers out
+    assert model.backbone_param_count == sum(
+        p.numel() for n, p in source.named_parameters() if not n.startswith("head")
+    )
+
+
+def test_info_lists_every_family_and_what_works_on_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["info", "--families", "--json"]) == 0
+    rows = {row["family"]: row for row in json.loads(capsys.readouterr().out)}
+    assert list(rows) == list_families()
+    assert rows["eva"]["multi-task batch"] == "token pooling"
+    assert rows["swin"]["prompt pruning"] == "no" and rows["eva"]["prompt pruning"] == "yes"
+    assert all("onnx" in row["export"] for row in rows.values())
 
 
 def write_representatives() -> None:

@@ -3,7 +3,9 @@
 Formats: Google's JAX ``ViT-*.npz``; MAE ``mae_pretrain_vit_*.pth``
 (``ckpt["model"]``); MoCo v3 ``*.pth.tar`` (``state_dict``, ``module.`` prefix, and the
 pretraining ones' ``base_encoder.``); Microsoft's Swin ``*.pth`` (``ckpt["model"]``,
-downsampling at the end of a stage); plain ``.pth`` / ``.safetensors`` state dicts.
+downsampling at the end of a stage); the Eva family's releases (Meta's DINOv3 and
+Perception Encoder, BAAI's EVA-02) and DeiT's; plain ``.pth`` / ``.safetensors`` state
+dicts.
 timm's own converters (``checkpoint_filter_fn``, ``load_pretrained`` for ``.npz``) do the
 renaming; this module unwraps the containers, checks the result against the model and
 turns every mismatch into an error that lists the keys. Nothing is unpickled beyond

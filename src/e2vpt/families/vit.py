@@ -37,6 +37,15 @@ def is_distilled(backbone: nn.Module) -> bool:
     return isinstance(backbone, VisionTransformerDistilled)
 
 
+def heads_of(block: nn.Module) -> int:
+    """A block's attention heads (its ``attn``'s; a parallel block keeps them elsewhere)."""
+    attn = getattr(block, "attn", None)
+    found = (
+        attn if attn is not None else next(m for m in block.modules() if hasattr(m, "num_heads"))
+    )
+    return int(found.num_heads)
+
+
 def has_class_token(backbone: nn.Module) -> bool:
     flag = getattr(backbone, "has_class_token", None)
     return bool(flag) if flag is not None else getattr(backbone, "cls_token", None) is not None
@@ -59,6 +68,8 @@ class PromptedViT(PromptedModel):
     )
     # a shared multi-task pass pools by the class token (its last block: that token only)
     shared_pools: ClassVar[tuple[str, ...]] = ("token",)
+    pools: ClassVar[tuple[str, ...]] = VIT_POOLS
+    prunable_prompts: ClassVar[bool] = True
     description: ClassVar[str] = (
         "timm VisionTransformer and subclasses (supervised, MAE, MoCo v3, DINOv2, CLIP, "
         "SigLIP, AIMv2, DeiT distilled)"
@@ -74,7 +85,7 @@ class PromptedViT(PromptedModel):
             "class": type(backbone).__name__,
             "embed_dim": int(backbone.embed_dim),
             "depth": len(backbone.blocks),
-            "num_heads": int(backbone.blocks[0].attn.num_heads),
+            "num_heads": heads_of(backbone.blocks[0]),
             "patch_size": list(backbone.patch_embed.patch_size),
             "num_prefix_tokens": int(backbone.num_prefix_tokens),
             "img_size": list(backbone.patch_embed.img_size or ()),
