@@ -160,7 +160,8 @@ def test_the_class_token_shortcut_equals_every_token(name: str, images: torch.Te
         torch.testing.assert_close(model.forward_class_token(images), full, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+# (conftest's DINOv3-style model goes through every method's contract tests)
+@pytest.mark.parametrize("name", ["eva02-split-qkv", "pe", "rope-mixed", "grouped-kv"])
 def test_e2vpt_learns_only_its_prompts_and_head(name: str, images: torch.Tensor) -> None:
     model = e2vpt.wrap(variant(name), e2vpt.E2VPTConfig(visual_tokens=2, kv_tokens=2), 5)
     model.train()
@@ -170,6 +171,25 @@ def test_e2vpt_learns_only_its_prompts_and_head(name: str, images: torch.Tensor)
     assert any(n.startswith("kv_prompts.") for n in grads)
     heads = model.backbone.blocks[0].attn.num_heads  # grouped-kv: prompts per query head
     assert model.kv_prompts[0].key_prompt.shape[0] == heads
+
+
+def test_a_pruned_eva_model_equals_one_built_with_the_surviving_prompts(
+    images: torch.Tensor,
+) -> None:
+    """Pruned tokens leave the sequence: the image tokens, and so their rotation, start
+    earlier, exactly as in a model built with fewer prompts."""
+    config = e2vpt.E2VPTConfig(visual_tokens=4, kv_tokens=2, train_masks=False)
+    model = perturbed(e2vpt.wrap(make_tiny_eva(), config, 5))
+    kept = [0, 2, 3]
+    survivors = model.visual_prompts.prompts.detach()[:, kept].clone()
+    model.visual_prompts.prune(torch.tensor(kept), torch.ones(len(kept), 16))
+    smaller = e2vpt.E2VPTConfig(visual_tokens=len(kept), kv_tokens=2, train_masks=False)
+    fresh = e2vpt.wrap(make_tiny_eva(), smaller, 5).eval()
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("visual_prompts.")}
+    fresh.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        fresh.visual_prompts.prompts.copy_(survivors)
+        torch.testing.assert_close(model(images), fresh(images), rtol=0, atol=1e-6)
 
 
 def test_a_dynamic_size_backbone_rotates_at_the_image_size() -> None:

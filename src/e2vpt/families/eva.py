@@ -64,8 +64,8 @@ class PromptedEva(PromptedViT):
             if not supports_block_forward(block):
                 raise ConfigError(
                     f"Eva block {index} is a {type(block).__name__} with "
-                    f"{type(block.attn).__name__}; e2vpt runs timm's EvaBlock, EvaBlockPostNorm "
-                    "with EvaAttention or AttentionRope"
+                    f"{type(getattr(block, 'attn', None)).__name__}; e2vpt runs timm's "
+                    "EvaBlock or EvaBlockPostNorm with EvaAttention or AttentionRope"
                 )
         super().__init__(backbone, num_classes, backbone_name, global_pool, head_init)
 
