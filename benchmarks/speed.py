@@ -36,7 +36,13 @@ import torch
 import torch.nn.functional as F
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BACKBONES = {"demo": "demo_vit_cifar10", "vit-b16": "vit_base_patch16_224"}
+# dinov3-s16: timm's Eva (rotary embeddings, 4 registers, layer scale) at 224, its own
+# average pooling
+BACKBONES = {
+    "demo": "demo_vit_cifar10",
+    "vit-b16": "vit_base_patch16_224",
+    "dinov3-s16": "vit_small_patch16_dinov3",
+}
 # (row name, method, options): VPT/E²VPT at the papers' defaults (p = 10, m = 5)
 ROWS: list[tuple[str, str | None, dict[str, Any]]] = [
     ("timm full FT", None, {}),
@@ -306,7 +312,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--row", help=argparse.SUPPRESS)
     parser.add_argument("--interleaved", help=argparse.SUPPRESS)
-    parser.add_argument("--backbones", nargs="+", default=["demo", "vit-b16"])
+    parser.add_argument(
+        "--backbones", nargs="+", default=["demo", "vit-b16"], choices=sorted(BACKBONES)
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))

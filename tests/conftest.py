@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from timm.layers import LayerNorm
 from timm.models import register_model
+from timm.models.eva import Eva
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 
@@ -74,10 +76,50 @@ def make_tiny_clip_vit(seed: int = 0) -> VisionTransformer:
     return make_tiny_vit(seed, pre_norm=True)
 
 
+# DINOv3-style (timm's Eva): rotary embeddings on the patches only, 4 register tokens, no
+# absolute positions, layer scale, SwiGLU MLP, Eva's separate q/v biases, any image size
+TINY_EVA = dict(
+    img_size=32,
+    patch_size=8,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    qkv_bias=True,
+    init_values=0.1,
+    num_reg_tokens=4,
+    use_abs_pos_emb=False,
+    use_rot_pos_emb=True,
+    rope_type="dinov3",
+    rope_temperature=100,
+    rope_rotate_half=True,
+    swiglu_mlp=True,
+    scale_mlp=True,
+    global_pool="token",
+    use_fc_norm=False,
+    dynamic_img_size=True,
+    norm_layer=LayerNorm,
+)
+
+
+def make_tiny_eva(seed: int = 0, **overrides: object) -> Eva:
+    """A tiny Eva with every bias moved off timm's zero init (so the separate q/v biases
+    count in every comparison)."""
+    torch.manual_seed(seed)
+    model = Eva(num_classes=10, **{**TINY_EVA, **overrides})
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("q_bias", "v_bias")):
+                param.normal_(std=0.2)
+    model.e2vpt_backbone_name = "tiny_test_eva"
+    model.eval()
+    return model
+
+
 BACKBONE_FAMILIES: dict[str, Callable[..., torch.nn.Module]] = {
     "vit": make_tiny_vit,
     "register-vit": make_tiny_register_vit,
     "clip-vit": make_tiny_clip_vit,
+    "eva": make_tiny_eva,
     "swin": make_tiny_swin,
 }
 

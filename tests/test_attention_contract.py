@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 from timm.layers import Attention
+from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import ResPostBlock
 
 import e2vpt
@@ -56,10 +57,18 @@ def variant_vit(variant: str) -> torch.nn.Module:
     return make_tiny_vit(**ATTENTION_VARIANTS[variant])
 
 
-# every backbone the shared-pass test runs on: each attention variant on a ViT, and each
-# family conftest builds (their own attention)
+def distilled_vit() -> torch.nn.Module:
+    """DeiT distilled: token pooling averages the class and distillation tokens."""
+    torch.manual_seed(0)
+    tiny = dict(img_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=4, mlp_ratio=2.0)
+    return VisionTransformerDistilled(num_classes=10, **tiny).eval()
+
+
+# every backbone the shared-pass test runs on: each attention variant on a ViT, DeiT
+# distilled, and each family conftest builds (their own attention)
 SHARED_BACKBONES: dict[str, Callable[[], torch.nn.Module]] = {
     **{f"vit-{variant}": lambda v=variant: variant_vit(v) for variant in ATTENTION_VARIANTS},
+    "vit-distilled": distilled_vit,
     **{name: make for name, make in BACKBONE_FAMILIES.items() if name != "vit"},
 }
 

@@ -29,11 +29,14 @@ def tiny_model(family: str, name: str) -> e2vpt.PromptedModel:
     return model.eval()
 
 
-# every method on ViT; on Swin the methods whose parts enter its window attention (the
-# others reach Swin the way they reach ViT, through modules onnx exported already)
-ONNX_CASES = [("vit", n) for n in list_methods()] + [
-    ("swin", n) for n in ("linear", "vpt-shallow", "e2vpt")
-]
+# every method on ViT; on Swin the methods whose parts enter its window attention, on Eva
+# those that enter its rotary attention (the others reach them the way they reach ViT,
+# through modules onnx exported already)
+ONNX_CASES = (
+    [("vit", n) for n in list_methods()]
+    + [("swin", n) for n in ("linear", "vpt-shallow", "e2vpt")]
+    + [("eva", "e2vpt")]
+)
 
 
 @pytest.mark.parametrize(("family", "name"), ONNX_CASES)

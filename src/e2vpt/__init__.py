@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "SweepError": "e2vpt.errors",
     "EvalResult": "e2vpt.evaluation",
     "evaluate": "e2vpt.evaluation",
+    "PromptedEva": "e2vpt.families",
     "PromptedSwin": "e2vpt.families",
     "PromptedViT": "e2vpt.families",
     "AdapterConfig": "e2vpt.methods",

@@ -8,10 +8,13 @@ classes). Every export is checked before it is kept: the file is run on sample i
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -127,8 +130,8 @@ def export_model(
     tmp = temp_path(output, suffix=f".tmp{EXPORT_FORMATS[fmt]}")
     try:
         try:
-            with warnings.catch_warnings():  # the exporters' advice is for their developers
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(), _quiet("onnxscript"):
+                warnings.simplefilter("ignore")  # the exporters' advice is for their developers
                 _write(module, sample, fmt, tmp, dynamic=batch is None, opset=opset)
         except Exception as err:  # the exporters raise many types; the message is what helps
             method = module.model.method_name
@@ -164,6 +167,19 @@ def export_model(
         checked_batches=checked,
         seconds=round(time.perf_counter() - start, 2),
     )
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """The logger ``name`` keeps its warnings to itself (onnxscript's optimizer logs one
+    per rotary embedding's split it does not fold)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _images(n: int, size: int, seed: int) -> torch.Tensor:

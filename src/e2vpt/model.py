@@ -37,7 +37,10 @@ def backbone_name_of(backbone: nn.Module) -> str | None:
 def backbone_fingerprint(backbone: nn.Module) -> str | None:
     """A short hash of the pretrained weights, to catch a checkpoint loaded onto
     the right architecture with other weights (e.g. augreg vs orig IN-21k)."""
-    weight = backbone.patch_embed.proj.weight
+    embed = backbone.patch_embed
+    proj = getattr(embed, "proj", None)  # a hybrid's may be an Identity: its stem's first
+    weight = proj.weight if isinstance(getattr(proj, "weight", None), torch.Tensor) else None
+    weight = weight if weight is not None else next(embed.parameters())
     if weight.is_meta:
         return None
     parts = [weight.detach().float().flatten()[:8192]]
@@ -49,6 +52,8 @@ def backbone_fingerprint(backbone: nn.Module) -> str | None:
 
 
 HEAD_BIAS_PRIOR = 0.01
+# the backbone's own classifiers (DeiT distilled has two), never part of its features
+BACKBONE_CLASSIFIERS = ("head.", "head_dist.")
 
 
 def init_head(head: nn.Linear, how: str) -> None:
@@ -76,6 +81,11 @@ class PromptedModel(nn.Module):
     (:meth:`add_visual_prompts`, :meth:`add_kv_prompts`) and how its forward runs."""
 
     family: ClassVar[str] = ""
+    # what the family wraps, for the message that refuses other backbones
+    description: ClassVar[str] = ""
+    # the poolings it offers (`global_pool`), and whether its visual prompts can be pruned
+    pools: ClassVar[tuple[str, ...]] = ()
+    prunable_prompts: ClassVar[bool] = False
     # (pattern, replacement) for tensor names older e2vpt versions saved differently
     legacy_renames: ClassVar[tuple[tuple[str, str], ...]] = ()
 
@@ -96,7 +106,9 @@ class PromptedModel(nn.Module):
         self.backbone_signature = self.signature(backbone)
         self.backbone_fingerprint = backbone_fingerprint(backbone)
         self.backbone_param_count = sum(
-            p.numel() for n, p in backbone.named_parameters() if not n.startswith("head.")
+            p.numel()
+            for n, p in backbone.named_parameters()
+            if not n.startswith(BACKBONE_CLASSIFIERS)
         )
         self.backbone = backbone
         self.num_classes = num_classes

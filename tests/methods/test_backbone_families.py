@@ -24,7 +24,7 @@ def tuned_by(method: str, name: str) -> bool:
         or {
             "linear": False,
             "full": True,
-            "bias": name.endswith(".bias"),
+            "bias": name.endswith((".bias", "_bias")),  # Eva: q_bias, v_bias
             "vpt-shallow": prompt,
             "vpt-deep": prompt,
             "e2vpt": prompt or kv,

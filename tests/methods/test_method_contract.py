@@ -60,6 +60,16 @@ def test_every_method_on_every_family(
         assert torch.equal(model(images), loaded(images))
 
 
+@pytest.mark.parametrize("family", list(BACKBONE_FAMILIES))
+def test_linear_reads_timms_pre_logits(family: str, images: torch.Tensor) -> None:
+    """On every family, the features the head reads are timm's own pre-logits."""
+    backbone = BACKBONE_FAMILIES[family]()
+    model = e2vpt.wrap(backbone, small("linear"), 5).eval()
+    with torch.no_grad():
+        want = backbone.forward_head(backbone.forward_features(images), pre_logits=True)
+        torch.testing.assert_close(model.forward_pre_logits(images), want, rtol=0, atol=1e-5)
+
+
 def backbone_state(backbone: torch.nn.Module) -> dict[str, object]:
     """Everything wrapping could change about a backbone: tensors, module types, flags."""
     return {

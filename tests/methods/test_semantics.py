@@ -330,7 +330,7 @@ def test_invalid_configs_are_clear_errors() -> None:
         e2vpt.method_config("vpt-deep", {"deep": False})
     with pytest.raises(e2vpt.ConfigError, match="num_classes"):
         e2vpt.wrap(make_tiny_vit(), e2vpt.LinearConfig(), 0)
-    with pytest.raises(e2vpt.ConfigError, match="not a timm VisionTransformer"):
+    with pytest.raises(e2vpt.ConfigError, match="backbone class Linear .* is not supported"):
         e2vpt.wrap(torch.nn.Linear(3, 3), e2vpt.LinearConfig(), 5)
     with pytest.raises(e2vpt.ConfigError, match="dropout"):
         e2vpt.wrap(make_tiny_vit(), e2vpt.E2VPTConfig(visual_dropout=1.5), 5)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 from torch import nn
 
 from e2vpt.backbones.demo import demo_vit_cifar10  # noqa: F401 (registers it with timm)
@@ -30,6 +31,19 @@ def _check_known(name: str) -> None:
     )
 
 
+def check_supported(name: str, kwargs: dict[str, Any]) -> None:
+    """Refuse a backbone no family wraps before its weights are fetched: its class is
+    read from the architecture built on the meta device (no memory, no download)."""
+    from e2vpt.families import family_of
+
+    try:
+        with torch.device("meta"):
+            skeleton = timm.create_model(name, pretrained=False, **kwargs)
+    except Exception:  # noqa: BLE001 - the real creation reports what is wrong
+        return
+    family_of(skeleton)
+
+
 def create_backbone(
     name: str = DEMO_BACKBONE,
     pretrained: bool = True,
@@ -37,9 +51,13 @@ def create_backbone(
     **kwargs: Any,
 ) -> nn.Module:
     """Create a backbone by name, with its pretrained weights (hub, bundled or ``weights``)."""
+    from e2vpt.families import family_of
+
     name = canonical_name(name)
     _check_known(name)
     fetch = pretrained and weights is None
+    if fetch:
+        check_supported(name, kwargs)
     try:
         # a hub that cannot be reached: the cached file, or an error now (no retries)
         overlay = hub_overlay(name, kwargs.get("cache_dir")) if fetch else None
@@ -55,6 +73,7 @@ def create_backbone(
                 f"{DEMO_BACKBONE!r}"
             ) from err
         raise BackboneError(f"could not create {name!r}: {err}") from err
+    family_of(model)  # a class no family wraps: one line, before a weights file is read
     if weights is not None:
         load_weights_file(model, weights)
     model.e2vpt_backbone_name = name

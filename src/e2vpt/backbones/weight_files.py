@@ -3,7 +3,9 @@
 Formats: Google's JAX ``ViT-*.npz``; MAE ``mae_pretrain_vit_*.pth``
 (``ckpt["model"]``); MoCo v3 ``*.pth.tar`` (``state_dict``, ``module.`` prefix, and the
 pretraining ones' ``base_encoder.``); Microsoft's Swin ``*.pth`` (``ckpt["model"]``,
-downsampling at the end of a stage); plain ``.pth`` / ``.safetensors`` state dicts.
+downsampling at the end of a stage); the Eva family's releases (Meta's DINOv3 and
+Perception Encoder, BAAI's EVA-02) and DeiT's; plain ``.pth`` / ``.safetensors`` state
+dicts.
 timm's own converters (``checkpoint_filter_fn``, ``load_pretrained`` for ``.npz``) do the
 renaming; this module unwraps the containers, checks the result against the model and
 turns every mismatch into an error that lists the keys. Nothing is unpickled beyond
@@ -12,6 +14,8 @@ tensors and plain containers (``weights_only=True``).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import sys
 import warnings
@@ -78,12 +82,15 @@ def unwrap_state(raw: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _timm_filter(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model family's own timm converter (renames, resampled position tables)."""
+    """The model family's own timm converter (renames, resampled position tables). What
+    it prints (Eva's, on a DINOv3 file with zero qkv biases for a model without them) is
+    its own debugging: the library prints nothing."""
     module = sys.modules.get(type(model).__module__)
     convert = getattr(module, "checkpoint_filter_fn", None)
     if convert is None:
         return state
-    return dict(convert(state, model))
+    with contextlib.redirect_stdout(io.StringIO()):
+        return dict(convert(state, model))
 
 
 def load_state_file(model: nn.Module, path: Path) -> None:

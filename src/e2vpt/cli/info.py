@@ -1,4 +1,5 @@
-"""``e2vpt info``: parameter accounting for backbones × methods, and the recipes' table."""
+"""``e2vpt info``: parameter accounting for backbones × methods, the recipes' table, and
+what works on each backbone family."""
 
 from __future__ import annotations
 
@@ -45,6 +46,12 @@ def add_parser(sub: Any) -> None:
         "recipe's and --recipe official's",
     )
     parser.add_argument(
+        "--families",
+        action="store_true",
+        help="the backbone families: what each wraps and what works on it (methods, "
+        "pooling, multi-task batches, prompt pruning, export)",
+    )
+    parser.add_argument(
         "--wide",
         action="store_true",
         help="one row per backbone, one column per method (tunable without head, %% of backbone)",
@@ -79,14 +86,38 @@ def _configs(args: argparse.Namespace) -> list[Any]:
     return configs
 
 
+def family_rows() -> list[dict[str, str]]:
+    """One row per registered backbone family, from the families' own declarations."""
+    from e2vpt.export import EXPORT_FORMATS
+    from e2vpt.families import SharedPassFamily, get_family, list_families
+    from e2vpt.methods.base import list_methods
+
+    rows = []
+    for name in list_families():
+        family = get_family(name)
+        shared = family.shared_pools if isinstance(family, SharedPassFamily) else ()
+        rows.append(
+            {
+                "family": name,
+                "wraps": family.description,
+                "methods": f"all {len(list_methods())}",
+                "pooling": " | ".join(family.pools),
+                "multi-task batch": f"{' | '.join(shared)} pooling" if shared else "no",
+                "prompt pruning": "yes" if family.prunable_prompts else "no",
+                "export": ", ".join(EXPORT_FORMATS),
+            }
+        )
+    return rows
+
+
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from e2vpt.accounting import size_table, wide_size_table
     from e2vpt.backbones import canonical_name
     from e2vpt.recipes import choices_table
     from e2vpt.reporting import format_table
 
-    if args.recipes:
-        rows = choices_table()
+    if args.recipes or args.families:
+        rows = choices_table() if args.recipes else family_rows()
         print(json.dumps(rows, indent=2) if args.json else format_table(rows))
         return 0
     names = [canonical_name(b) for b in args.backbone]

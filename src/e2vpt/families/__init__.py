@@ -1,5 +1,5 @@
-"""Backbone families, one module each, found through the registry in ``base``.
-Swin registers first: it is recognised by its class, ViT by its attributes."""
+"""Backbone families, one module each, found through the registry in ``base``; each is
+recognised by its timm class (Eva is not a ``VisionTransformer``, Swin neither)."""
 
 from e2vpt.families.base import (
     SharedPassFamily,
@@ -10,10 +10,12 @@ from e2vpt.families.base import (
     list_families,
     register_family,
 )
+from e2vpt.families.eva import PromptedEva
 from e2vpt.families.swin import PromptedSwin
 from e2vpt.families.vit import PromptedViT
 
 __all__ = [
+    "PromptedEva",
     "PromptedSwin",
     "PromptedViT",
     "SharedPassFamily",

@@ -66,15 +66,16 @@ def get_family(name: str) -> FamilyClass:
 
 
 def family_of(backbone: nn.Module) -> FamilyClass:
-    """The family that wraps ``backbone``; none is an error naming what e2vpt wraps."""
+    """The family that wraps ``backbone``, by its class; none is a one-line error naming
+    the class and what each family wraps."""
     for cls in _FAMILIES.values():
         if cls.accepts(backbone):
             return cls
+    kind = type(backbone)
+    families = "; ".join(f"{name}: {cls.description}" for name, cls in _FAMILIES.items())
     raise ConfigError(
-        f"backbone {type(backbone).__name__} is not a timm VisionTransformer or "
-        "SwinTransformer; e2vpt wraps timm ViTs such as 'vit_base_patch16_224.augreg_in21k', "
-        "Swins such as 'swin_base_patch4_window7_224.ms_in22k', or the bundled "
-        "'demo_vit_cifar10'"
+        f"backbone class {kind.__name__} ({kind.__module__}) is not supported; e2vpt wraps "
+        f"{families}, or the bundled 'demo_vit_cifar10'"
     )
 
 

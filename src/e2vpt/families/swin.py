@@ -40,6 +40,8 @@ class PromptedSwin(PromptedModel):
     )
     # a shared multi-task pass pools as the models do: the average over every token
     shared_pools: ClassVar[tuple[str, ...]] = ("avg",)
+    pools: ClassVar[tuple[str, ...]] = SWIN_POOLS
+    description: ClassVar[str] = "timm SwinTransformer (v1, e.g. swin_base_patch4_window7_224)"
 
     @classmethod
     def accepts(cls, backbone: nn.Module) -> bool:

@@ -1,7 +1,10 @@
-"""The ViT family: timm ``VisionTransformer`` (and the bundled demo backbone), with
-visual prompts inserted after the prefix tokens and key-value prompts in every
-attention. The prompts, the pooling and the head live in the wrapper and enter through
-its forward; the backbone's modules are called, never replaced."""
+"""The ViT family: timm ``VisionTransformer`` and its subclasses (DeiT distilled, the
+bundled demo backbone), with visual prompts inserted after the prefix tokens and
+key-value prompts in every attention. The prompts, the pooling and the head live in the
+wrapper and enter through its forward; the backbone's modules are called, never replaced.
+
+DeiT distilled (``VisionTransformerDistilled``) pools as timm does: the mean of the class
+and distillation tokens (its ``forward_head(pre_logits=True)``)."""
 
 from __future__ import annotations
 
@@ -9,12 +12,13 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
-from timm.models.vision_transformer import global_pool_nlc
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import VisionTransformer, global_pool_nlc
 from torch import nn
 
 from e2vpt.errors import ConfigError
 from e2vpt.families.base import TaskRows, register_family
-from e2vpt.layers.attention import ExtraKV, block_forward, supports_block_forward
+from e2vpt.layers.attention import ExtraKV, Rotary, block_forward, supports_block_forward
 from e2vpt.layers.class_token_block import class_token_block_forward, supports_class_token_block
 from e2vpt.layers.kv_attention import (
     KVPrompts,
@@ -28,7 +32,23 @@ from e2vpt.model import PromptedModel
 VIT_POOLS = ("token", "avg", "avg-fc-norm", "map", "max", "avgmax")
 
 
-VIT_ATTRIBUTES = ("patch_embed", "blocks", "_pos_embed", "num_prefix_tokens", "forward_head")
+def is_distilled(backbone: nn.Module) -> bool:
+    """DeiT distilled: token pooling reads the class and the distillation token."""
+    return isinstance(backbone, VisionTransformerDistilled)
+
+
+def heads_of(block: nn.Module) -> int:
+    """A block's attention heads (its ``attn``'s; a parallel block keeps them elsewhere)."""
+    attn = getattr(block, "attn", None)
+    found = (
+        attn if attn is not None else next(m for m in block.modules() if hasattr(m, "num_heads"))
+    )
+    return int(found.num_heads)
+
+
+def has_class_token(backbone: nn.Module) -> bool:
+    flag = getattr(backbone, "has_class_token", None)
+    return bool(flag) if flag is not None else getattr(backbone, "cls_token", None) is not None
 
 
 def pool_norm_moves(backbone: nn.Module, pool: str) -> bool:
@@ -48,10 +68,16 @@ class PromptedViT(PromptedModel):
     )
     # a shared multi-task pass pools by the class token (its last block: that token only)
     shared_pools: ClassVar[tuple[str, ...]] = ("token",)
+    pools: ClassVar[tuple[str, ...]] = VIT_POOLS
+    prunable_prompts: ClassVar[bool] = True
+    description: ClassVar[str] = (
+        "timm VisionTransformer and subclasses (supervised, MAE, MoCo v3, DINOv2, CLIP, "
+        "SigLIP, AIMv2, DeiT distilled)"
+    )
 
     @classmethod
     def accepts(cls, backbone: nn.Module) -> bool:
-        return all(hasattr(backbone, attr) for attr in VIT_ATTRIBUTES)
+        return isinstance(backbone, VisionTransformer)
 
     @classmethod
     def signature(cls, backbone: nn.Module) -> dict[str, Any]:
@@ -59,7 +85,7 @@ class PromptedViT(PromptedModel):
             "class": type(backbone).__name__,
             "embed_dim": int(backbone.embed_dim),
             "depth": len(backbone.blocks),
-            "num_heads": int(backbone.blocks[0].attn.num_heads),
+            "num_heads": heads_of(backbone.blocks[0]),
             "patch_size": list(backbone.patch_embed.patch_size),
             "num_prefix_tokens": int(backbone.num_prefix_tokens),
             "img_size": list(backbone.patch_embed.img_size or ()),
@@ -75,6 +101,8 @@ class PromptedViT(PromptedModel):
     ) -> None:
         super().__init__(backbone, num_classes, backbone_name, head_init)
         self.global_pool = self._set_pooling(backbone, global_pool)
+        # DeiT distilled: token pooling averages the class and distillation tokens
+        self.distilled = is_distilled(backbone)
         self.embed_dim = int(backbone.embed_dim)
         self.num_blocks = len(backbone.blocks)
         self.num_prefix_tokens = int(backbone.num_prefix_tokens)
@@ -95,7 +123,7 @@ class PromptedViT(PromptedModel):
         pool = pool or backbone.global_pool or "token"
         if pool not in VIT_POOLS:
             raise ConfigError(f"unknown pooling {pool!r} for a ViT; choose one of {VIT_POOLS}")
-        if pool == "token" and not getattr(backbone, "has_class_token", True):
+        if pool == "token" and not has_class_token(backbone):
             raise ConfigError(
                 f"{type(backbone).__name__} has no class token, so 'token' pooling would read "
                 "a patch or prompt; use global_pool='avg' (or 'map' where the model has one)"
@@ -177,20 +205,33 @@ class PromptedViT(PromptedModel):
         timm's standard one; otherwise every token, as ``forward_features``."""
         return self._forward_tokens(x, class_token_only=True)
 
+    @classmethod
+    def embed(cls, backbone: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Images → the tokens entering block 0 (B, prefix + patches, D), and what
+        :meth:`rotary` needs of the positions (a ViT: nothing)."""
+        bb = backbone
+        return bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(images)))), None
+
+    @classmethod
+    def rotary(cls, backbone: nn.Module, positions: Any, layer: int, start: int) -> Rotary | None:
+        """The rotary embedding block ``layer`` applies to the image tokens, which start
+        at token ``start`` (a ViT has none: its positions were added by ``embed``)."""
+        return None
+
     def _forward_tokens(self, x: torch.Tensor, class_token_only: bool) -> torch.Tensor:
         bb = self.backbone
-        x = bb.patch_embed(x)
-        x = bb._pos_embed(x)
-        x = bb.patch_drop(x)
-        x = bb.norm_pre(x)
+        x, positions = self.embed(bb, x)
+        image_tokens = x.shape[1] - self.num_prefix_tokens
         last = len(bb.blocks) - 1
         for index, block in enumerate(bb.blocks):
             x = self._insert_prompts(x, index)
             kv = _kv_at(self, index)
+            rope = self.rotary(bb, positions, index, x.shape[1] - image_tokens)
             if index == last and class_token_only and supports_class_token_block(block):
-                x = self._run_block(class_token_block_forward, block, x, kv)
-            elif kv is not None:
-                x = self._run_block(block_forward, block, x, kv.keys_values())
+                x = self._run_block(class_token_block_forward, block, x, kv, rope)
+            elif kv is not None or rope is not None:
+                extra_kv = None if kv is None else kv.keys_values()
+                x = self._run_block(block_forward, block, x, extra_kv, None, False, rope)
             else:
                 x = self._run_block(block, x)
         return x if self.norm_after_pool else bb.norm(x)
@@ -200,7 +241,7 @@ class PromptedViT(PromptedModel):
         model's pooling (the backbone's own pooling settings are left as they are)."""
         bb = self.backbone
         pool = self.global_pool
-        if pool == "map":
+        if pool == "map" or (pool == "token" and self.distilled):
             return bb.forward_head(tokens, pre_logits=True)
         x = global_pool_nlc(
             tokens,
@@ -212,7 +253,7 @@ class PromptedViT(PromptedModel):
         return bb.head_drop(x)
 
     def forward_pre_logits(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = self.class_token_shortcut and self.global_pool == "token"
+        shortcut = self.class_token_shortcut and self.global_pool == "token" and not self.distilled
         features = self.forward_class_token(x) if shortcut else self.forward_features(x)
         return self.pool(features)
 
@@ -228,12 +269,12 @@ class PromptedViT(PromptedModel):
         for block in bb.blocks:
             if not supports_block_forward(block):
                 raise ConfigError(
-                    "MultiTaskModel needs timm's standard Block (or ResPostBlock) and "
-                    f"Attention; the backbone has {type(block).__name__}"
+                    "MultiTaskModel needs timm's standard blocks (Block, ResPostBlock, "
+                    f"EvaBlock) and attention; the backbone has {type(block).__name__}"
                 )
         counts = [_visual_prompt_count(model) for model, _ in groups]
         slots, npt = max(counts), int(bb.num_prefix_tokens)
-        x = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(images))))
+        x, positions = cls.embed(bb, images)
         # which of the tokens each sample attends to: prefix, its own prompts, patches
         token_valid = x.new_ones(x.shape[0], x.shape[1] + slots, dtype=torch.bool)
         for (_, rows), count in zip(groups, counts, strict=True):
@@ -246,8 +287,9 @@ class PromptedViT(PromptedModel):
             kv = [(_kv_at(model, layer), rows) for model, rows in groups]
             extra_kv, valid, kv_padded = _sample_kv(block.attn, kv, token_valid, x)
             mask = valid[:, None, None, :] if tokens_padded or kv_padded else None
-            only = layer == last and supports_class_token_block(block)
-            x = block_forward(block, x, extra_kv, mask, class_token_only=only)
+            only = layer == last and supports_class_token_block(block) and not is_distilled(bb)
+            rope = cls.rotary(bb, positions, layer, npt + slots)
+            x = block_forward(block, x, extra_kv, mask, class_token_only=only, rope=rope)
         return groups[0][0].pool(bb.norm(x))
 
 

@@ -1,28 +1,37 @@
 """timm's ViT attention and block, restated once with the extras prompt tuning needs.
 
-Every forward e2vpt runs through a ViT block goes through :func:`attention_forward`
+Every forward e2vpt runs through a ViT or Eva block goes through :func:`attention_forward`
 and :func:`block_forward`: the family's own forward, the class-token-only last block
 and the shared multi-task pass. Each extra is optional, and with none of them the result
-is timm's ``Attention.forward`` / ``Block.forward``:
+is timm's ``Attention.forward`` / ``Block.forward`` (Eva: ``EvaAttention`` /
+``AttentionRope`` and ``EvaBlock`` / ``EvaBlockPostNorm`` with timm's rotary embedding):
 
-- extra keys and values (key-value prompts), appended after the projection and the head
-  split; the queries are untouched, so the output has as many tokens as the input;
+- extra keys and values (key-value prompts), appended after the projection, the head
+  split, the q/k norms and the rotary embedding; the queries are untouched, so the output
+  has as many tokens as the input;
 - an attention mask, as timm's (bool: true = attend, or additive), e.g. the padding of
   tasks with fewer prompts in a shared batch;
 - class-token-only: just the class token's query row is computed (keys and values still
-  come from every token), all that class-token pooling reads of the last block.
+  come from every token), all that class-token pooling reads of the last block;
+- rotary position embeddings (:class:`Rotary`) for the image tokens only: the tokens
+  before them (class, registers, visual prompts) and the key-value prompts have no
+  position, as timm leaves its prefix tokens unrotated.
 
 Every sub-module is called, never read (a method may have replaced ``qkv`` with a
 wrapper), and every attribute timm's forward honours is honoured: ``q_norm``/``k_norm``,
-``gate``, ``norm``, ``attn_drop``/``proj_drop`` and ``fused_attn`` (fused: one
-``F.scaled_dot_product_attention``, the attention matrix never built here).
+``gate``, ``norm``, ``attn_drop``/``proj_drop``, ``fused_attn`` (fused: one
+``F.scaled_dot_product_attention``, the attention matrix never built here), and Eva's
+separate q/v biases, split ``q_proj``/``k_proj``/``v_proj`` and grouped key/value heads.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
-from timm.layers import Attention
+from timm.layers import Attention, AttentionRope, apply_rot_embed_cat
+from timm.models.eva import EvaAttention, EvaBlock, EvaBlockPostNorm
 from timm.models.vision_transformer import Block, ResPostBlock
 from torch import nn
 
@@ -32,33 +41,55 @@ from e2vpt.errors import ConfigError
 # sample, or (batch, heads, m, head_dim), one set per sample
 ExtraKV = tuple[torch.Tensor, torch.Tensor]
 
-# the block types whose forward block_forward restates: timm's pre-norm Block and
-# post-norm ResPostBlock (their own sub-modules, in their order)
-BLOCK_TYPES = (Block, ResPostBlock)
+# the block types whose forward block_forward restates, in their own sub-modules' order:
+# pre-norm (timm's Block, EvaBlock) and post-norm (ResPostBlock, EvaBlockPostNorm)
+PRE_NORM_BLOCKS = (Block, EvaBlock)
+POST_NORM_BLOCKS = (ResPostBlock, EvaBlockPostNorm)
+BLOCK_TYPES = PRE_NORM_BLOCKS + POST_NORM_BLOCKS
+
+# the attention forwards attention_forward restates
+ATTENTION_FORWARDS = (Attention.forward, EvaAttention.forward, AttentionRope.forward)
 
 
-def is_timm_attention(attn: nn.Module) -> bool:
-    """True for timm's ``Attention`` or a subclass that keeps its forward (one that only
-    sets options, e.g. a gate), whose forward :func:`attention_forward` restates."""
-    return isinstance(attn, Attention) and type(attn).forward is Attention.forward
+class Rotary(NamedTuple):
+    """timm's rotary embedding of the image tokens (``Eva._pos_embed``'s second output,
+    one block's where it differs per block) and the index of the first image token: the
+    tokens before it (prefix and visual prompts) are not rotated."""
+
+    embed: torch.Tensor
+    start: int
+
+
+def is_timm_attention(attn: nn.Module | None) -> bool:
+    """True for timm's ``Attention``, ``EvaAttention`` or ``AttentionRope``, or a subclass
+    that keeps its forward (one that only sets options, e.g. a gate), whose forward
+    :func:`attention_forward` restates."""
+    return attn is not None and type(attn).forward in ATTENTION_FORWARDS
 
 
 def attention_forward(
-    attn: Attention,
+    attn: nn.Module,
     x: torch.Tensor,
     extra_kv: ExtraKV | None = None,
     attn_mask: torch.Tensor | None = None,
     class_token_only: bool = False,
+    rope: Rotary | None = None,
 ) -> torch.Tensor:
     """timm ``attn(x, attn_mask)`` on ``x`` (B, N, C) with ``extra_kv`` appended to its
     keys and values. ``attn_mask`` covers the N keys of ``x`` (the extra keys are then
     visible to every query) or all N + m keys. ``class_token_only``: the output of token
-    0 alone, (B, 1, C')."""
+    0 alone, (B, 1, C'). ``rope``: the image tokens' rotary embedding."""
     batch, tokens, _ = x.shape
     query_in = x[:, :1] if class_token_only else x
     gate = attn.gate(query_in).sigmoid() if getattr(attn, "gate", None) is not None else None
     q, k, v = _project(attn, x, class_token_only)
     q, k = attn.q_norm(q), attn.k_norm(k)
+    if rope is not None:
+        half = bool(getattr(attn, "rotate_half", False))
+        q, k = _rotate(q, rope, half).type_as(v), _rotate(k, rope, half).type_as(v)
+    groups = getattr(attn, "num_kv_groups", 1)
+    if groups > 1:  # grouped key/value heads, expanded to the query heads as timm does
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     extra = 0
     if extra_kv is not None:
         keys, values = extra_kv
@@ -74,29 +105,79 @@ def attention_forward(
     return attn.proj_drop(attn.proj(out))
 
 
+def _rotate(t: torch.Tensor, rope: Rotary, half: bool) -> torch.Tensor:
+    """``t`` (B, heads, n, head_dim) with its tokens from ``rope.start`` on rotated (a
+    query of the class token alone has none)."""
+    if t.shape[2] <= rope.start:
+        return t
+    start = rope.start
+    rotated = apply_rot_embed_cat(t[:, :, start:], rope.embed, half=half)
+    return torch.cat([t[:, :, :start], rotated], dim=2)
+
+
+def _heads(t: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """(B, n, heads · head_dim) → (B, heads, n, head_dim)."""
+    return t.reshape(t.shape[0], t.shape[1], heads, head_dim).transpose(1, 2)
+
+
+def _separate_bias(attn: nn.Module) -> torch.Tensor | None:
+    """Eva's fused-``qkv`` bias kept beside it (learned q and v biases, a zero k bias)."""
+    q_bias = getattr(attn, "q_bias", None)
+    if q_bias is None:
+        return None
+    return torch.cat((q_bias, attn.k_bias, attn.v_bias))
+
+
+def _qkv_rows(attn: nn.Module, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Output features ``start:stop`` of a plain-Linear ``qkv`` (with Eva's bias)."""
+    weight, bias = attn.qkv.weight[start:stop], attn.qkv.bias
+    bias = None if bias is None else bias[start:stop]
+    separate = _separate_bias(attn)
+    if separate is not None:
+        bias = separate[start:stop] if bias is None else bias + separate[start:stop]
+    return F.linear(x, weight, bias)
+
+
+def _qkv(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``attn.qkv`` on every token as timm computes it (Eva: with its separate bias)."""
+    separate = _separate_bias(attn)
+    if separate is None:
+        return attn.qkv(x)
+    if type(attn.qkv) is nn.Linear and not getattr(attn, "qkv_bias_separate", False):
+        return _qkv_rows(attn, x, 0, attn.qkv.out_features)
+    return attn.qkv(x) + separate  # a method's wrapper: called, then the bias added
+
+
 def _project(
-    attn: Attention, x: torch.Tensor, class_token_only: bool
+    attn: nn.Module, x: torch.Tensor, class_token_only: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Queries, keys and values (B, heads, tokens, head_dim) from ``attn.qkv``; with
+    """Queries, keys and values (B, heads, tokens, head_dim; keys and values with their
+    own head count where grouped) from ``attn``'s projections; with
     ``class_token_only`` the class token's query alone, and where ``qkv`` is a plain
     Linear only its key/value rows run on the other tokens."""
-    batch, tokens, _ = x.shape
     heads, head_dim = attn.num_heads, attn.head_dim
+    kv_heads = getattr(attn, "num_kv_heads", heads)
+    if getattr(attn, "qkv", None) is None:  # Eva's split projections
+        q = attn.q_proj(x[:, :1] if class_token_only else x)
+        k, v = attn.k_proj(x), attn.v_proj(x)
+        return (
+            _heads(q, heads, head_dim),
+            _heads(k, kv_heads, head_dim),
+            _heads(v, kv_heads, head_dim),
+        )
     if not class_token_only:
-        qkv = attn.qkv(x).reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        batch, tokens, _ = x.shape
+        qkv = _qkv(attn, x).reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         return q, k, v
     width = heads * head_dim
     if type(attn.qkv) is nn.Linear:  # plain: the class token's query rows only
-        weight, bias = attn.qkv.weight, attn.qkv.bias
-        q = F.linear(x[:, :1], weight[:width], None if bias is None else bias[:width])
-        kv = F.linear(x, weight[width:], None if bias is None else bias[width:])
+        q, kv = _qkv_rows(attn, x[:, :1], 0, width), _qkv_rows(attn, x, width, 3 * width)
     else:  # a method's wrapper (e.g. LoRA): run it as it is, keep what is needed
-        qkv = attn.qkv(x)
+        qkv = _qkv(attn, x)
         q, kv = qkv[:, :1, :width], qkv[..., width:]
-    q = q.reshape(batch, 1, heads, head_dim).transpose(1, 2)
-    k, v = kv.reshape(batch, tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    return q, k, v
+    k, v = kv.chunk(2, dim=-1)
+    return _heads(q, heads, head_dim), _heads(k, heads, head_dim), _heads(v, heads, head_dim)
 
 
 def _mask_over_keys(
@@ -119,7 +200,7 @@ def _mask_over_keys(
 
 
 def _attend(
-    attn: Attention,
+    attn: nn.Module,
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -140,9 +221,19 @@ def _attend(
 
 
 def supports_block_forward(block: nn.Module) -> bool:
-    """True where :func:`block_forward` restates the block: timm's ``Block`` or
-    ``ResPostBlock`` with timm's attention."""
+    """True where :func:`block_forward` restates the block: timm's ``Block`` /
+    ``ResPostBlock`` or Eva's ``EvaBlock`` / ``EvaBlockPostNorm`` with timm's attention."""
     return type(block) in BLOCK_TYPES and is_timm_attention(getattr(block, "attn", None))
+
+
+def _layer_scale(block: nn.Module, branch: int, t: torch.Tensor) -> torch.Tensor:
+    """A pre-norm block's layer scale on branch 1 (attention) or 2 (MLP): timm's
+    ``ls1``/``ls2`` modules, Eva's ``gamma_1``/``gamma_2`` (None: no scale)."""
+    scale = getattr(block, f"ls{branch}", None)
+    if scale is not None:
+        return scale(t)
+    gamma = getattr(block, f"gamma_{branch}", None)
+    return t if gamma is None else gamma * t
 
 
 def block_forward(
@@ -151,15 +242,16 @@ def block_forward(
     extra_kv: ExtraKV | None = None,
     attn_mask: torch.Tensor | None = None,
     class_token_only: bool = False,
+    rope: Rotary | None = None,
 ) -> torch.Tensor:
     """timm ``block(x)`` with :func:`attention_forward`'s extras in its attention;
     ``class_token_only``: the class token's output alone, (B, 1, D)."""
     residual = x[:, :1] if class_token_only else x
-    if type(block) is ResPostBlock:
-        attended = attention_forward(block.attn, x, extra_kv, attn_mask, class_token_only)
+    extras = (extra_kv, attn_mask, class_token_only, rope)
+    if type(block) in POST_NORM_BLOCKS:
+        attended = attention_forward(block.attn, x, *extras)
         x = residual + block.drop_path1(block.norm1(attended))
         return x + block.drop_path2(block.norm2(block.mlp(x)))
-    h = block.norm1(x)
-    attended = attention_forward(block.attn, h, extra_kv, attn_mask, class_token_only)
-    x = residual + block.drop_path1(block.ls1(attended))
-    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    attended = attention_forward(block.attn, block.norm1(x), *extras)
+    x = residual + block.drop_path1(_layer_scale(block, 1, attended))
+    return x + block.drop_path2(_layer_scale(block, 2, block.mlp(block.norm2(x))))

@@ -1,4 +1,4 @@
-"""The last ViT block, computed only where the head looks.
+"""The last ViT (or Eva) block, computed only where the head looks.
 
 With class-token pooling the head reads one token of the last block's output, yet a
 plain forward runs that block's query, attention output, projection and MLP for every
@@ -16,26 +16,30 @@ token are taken from its output, so the method's change is part of the result.
 from __future__ import annotations
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
-from e2vpt.layers.attention import block_forward, is_timm_attention
+from e2vpt.layers.attention import PRE_NORM_BLOCKS, Rotary, block_forward, is_timm_attention
 from e2vpt.layers.kv_attention import KVPrompts
 
 
 def supports_class_token_block(block: nn.Module) -> bool:
-    """True for timm's standard pre-norm ``Block`` with timm's attention and a ``qkv``
-    module (a Linear or a module wrapping one); other block types run in full."""
-    if type(block) is not Block:
+    """True for a pre-norm block (timm's ``Block``, Eva's ``EvaBlock``) with timm's
+    attention whose projections are modules (a Linear or a module wrapping one); other
+    block types run in full."""
+    if type(block) not in PRE_NORM_BLOCKS:
         return False
     attn = block.attn
-    return is_timm_attention(attn) and isinstance(getattr(attn, "qkv", None), nn.Module)
+    projections = [getattr(attn, "qkv", None)] + [getattr(attn, "q_proj", None)]
+    return is_timm_attention(attn) and any(isinstance(p, nn.Module) for p in projections)
 
 
 def class_token_block_forward(
-    block: Block, x: torch.Tensor, kv_prompts: KVPrompts | None = None
+    block: nn.Module,
+    x: torch.Tensor,
+    kv_prompts: KVPrompts | None = None,
+    rope: Rotary | None = None,
 ) -> torch.Tensor:
-    """``block(x)[:, :1]`` (with ``kv_prompts`` in its attention, if given) without
-    computing the other tokens' outputs: (B, 1, D)."""
+    """``block(x)[:, :1]`` (with ``kv_prompts`` in its attention, if given, and the
+    image tokens' ``rope``) without computing the other tokens' outputs: (B, 1, D)."""
     extra_kv = None if kv_prompts is None else kv_prompts.keys_values()
-    return block_forward(block, x, extra_kv, class_token_only=True)
+    return block_forward(block, x, extra_kv, class_token_only=True, rope=rope)

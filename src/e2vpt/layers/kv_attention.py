@@ -124,16 +124,17 @@ def kv_tokens(prompts: KVPrompts | None) -> int:
 def make_kv_prompts(
     blocks: list[nn.Module], tokens: int, shared: bool = True, init: str = "heads"
 ) -> nn.ModuleList:
-    """One :class:`KVPrompts` per block (each block must be a timm ``Block`` or
-    ``ResPostBlock`` with timm's standard ``Attention``)."""
+    """One :class:`KVPrompts` per block (each block must be one :func:`block_forward`
+    restates: timm's ``Block`` / ``ResPostBlock`` or Eva's blocks, with timm's attention)."""
     out = nn.ModuleList()
     for index, block in enumerate(blocks):
         attn = getattr(block, "attn", None)
         if not supports_block_forward(block):
+            inside = "" if attn is None else f" with {type(attn).__name__}"
             raise ConfigError(
-                f"key-value prompts need timm's standard Block and Attention in every block; "
-                f"block {index} is a {type(block).__name__} with {type(attn).__name__}. Use a "
-                "plain ViT backbone or set kv_tokens=0"
+                "key-value prompts need timm's standard blocks (Block, ResPostBlock, EvaBlock) "
+                f"and attention in every block; block {index} is a {type(block).__name__}"
+                f"{inside}. Use a plain ViT backbone or set kv_tokens=0"
             )
         out.append(KVPrompts(attn.num_heads, attn.head_dim, tokens, shared, init))
     return out

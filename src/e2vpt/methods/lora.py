@@ -17,7 +17,11 @@ if TYPE_CHECKING:
     from e2vpt.model import PromptedModel
 
 # which Linear layers of every attention get a low-rank update
-LORA_TARGETS = {"qkv": r".*\.attn\.qkv", "qkv,proj": r".*\.attn\.(qkv|proj)"}
+# (Eva's split projections: q_proj, k_proj, v_proj)
+LORA_TARGETS = {
+    "qkv": r".*\.attn\.(qkv|q_proj|k_proj|v_proj)",
+    "qkv,proj": r".*\.attn\.(qkv|q_proj|k_proj|v_proj|proj)",
+}
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from e2vpt.families import get_family, list_families
 from e2vpt.layers.prompts import PRUNE_MODES, VisualPrompts
 from e2vpt.methods.base import ConfigError
 from e2vpt.methods.e2vpt import E2VPTConfig
@@ -71,9 +72,11 @@ def prunable_prompts(model: PromptedModel) -> VisualPrompts:
         )
     prompts = model.visual_prompts
     if prompts is None or prompts.mask_segments is None:
+        prunable = " and ".join(f for f in list_families() if get_family(f).prunable_prompts)
         raise ConfigError(
-            f"prompt pruning is implemented for ViT backbones; {model.backbone_name} is a "
-            f"{model.backbone_signature['class']}. Train E²VPT on it without pruning"
+            f"prompt pruning is implemented for ViT backbones (the {prunable} families); "
+            f"{model.backbone_name} is a {model.backbone_signature['class']}. Train E²VPT "
+            "on it without pruning"
         )
     if prompts.pruned:
         raise ConfigError("this model is already pruned; prune the unpruned e2vpt run")
