@@ -110,7 +110,9 @@ class Predictor:
     ) -> None:
         self.run_dir = Path(run_dir)
         require_complete(self.run_dir, "predict with")
+        # every file of the folder is read and checked before the model is built
         meta = read_adapter_config(self.run_dir)
+        data = read_train_config(self.run_dir).data if has_train_config(self.run_dir) else None
         if batch_size < 1 or top_k < 1:
             raise DataError(f"batch size and top-k must be >= 1, got {batch_size} and {top_k}")
         self.device = resolve_device(device)
@@ -119,13 +121,10 @@ class Predictor:
         self.model = load(self.run_dir, backbone=backbone).to(self.device).eval()
         self.image_size, normalizer = model_data_settings(self.model)
         self.normalizer = normalizer.to(self.device)
-        self.resize = RESIZE_PLAIN
         self.notes: list[str] = []
-        if has_train_config(self.run_dir):
-            data = read_train_config(self.run_dir).data or ""
-            fgvc = bool(data) and DataSpec.parse(data).kind == FGVC
-            self.resize = RESIZE_FGVC if fgvc else RESIZE_PLAIN
-        else:
+        fgvc = bool(data) and DataSpec.parse(data).kind == FGVC
+        self.resize = RESIZE_FGVC if fgvc else RESIZE_PLAIN
+        if data is None:
             self.notes.append(
                 f"{self.run_dir} has no {TRAIN_CONFIG_FILE}: images are resized to "
                 f"{self.image_size}×{self.image_size} (the VTAB / image-folder protocol)"
