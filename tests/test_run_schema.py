@@ -199,7 +199,7 @@ SPECS: dict[str, tuple[Change, str]] = {
     ),
     "input_norm-negative-std": (
         set_field(A, "input_norm", [[0.5] * 3, [1.0, 1.0, -1.0]]),
-        "every std > 0",
+        "input_norm's std must be 3 finite numbers, each > 0, got [1.0, 1.0, -1.0]",
     ),
     "input_norm-nan": (
         set_field(A, "input_norm", [[float("nan")] * 3, [1.0] * 3]),

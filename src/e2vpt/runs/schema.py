@@ -256,7 +256,8 @@ def _check_input_norm(check: _Fields, norm: Any) -> None:
         for value in values:
             number = isinstance(value, int | float) and not isinstance(value, bool)
             if not number or not abs(value) < float("inf") or (name == "std" and value <= 0):
-                raise check.error(f"input_norm's {name}", wanted, values)
+                each = "3 finite numbers, each > 0" if name == "std" else "3 finite numbers"
+                raise check.error(f"input_norm's {name}", each, values)
 
 
 def _check_class_names(check: _Fields, names: Any, classes: int) -> None:
