@@ -4,7 +4,6 @@ half-written checkpoint behind."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,14 +18,16 @@ from torch import nn
 from e2vpt.errors import CheckpointError
 from e2vpt.families import backbone_signature
 from e2vpt.files import atomic_write_bytes, atomic_write_text, check_writable
-from e2vpt.methods.base import ConfigError, get_method, method_config
 from e2vpt.model import PromptedModel, backbone_fingerprint
+from e2vpt.notices import note
 from e2vpt.runs import ADAPTER_CONFIG_FILE, ADAPTER_TENSORS_FILE, inspect_folder
 from e2vpt.runs import read_adapter_config as read_config
+from e2vpt.runs.integrity import check_tensor_file, tensor_bytes_hash, unverified_notice
+from e2vpt.runs.schema import CHECKPOINT_FORMAT, method_config_of
 from e2vpt.state import diff_state
 from e2vpt.wrapping import wrap
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = CHECKPOINT_FORMAT  # the format e2vpt.runs.schema reads
 # the atomic file helpers and the recipe reader, re-exported for code written against
 # this module (the file names live in e2vpt.runs)
 __all__ = ["atomic_write_bytes", "atomic_write_text", "check_writable", "read_config"]
@@ -91,7 +92,7 @@ def save(model: PromptedModel, directory: str | os.PathLike[str]) -> Path:
         "masks_active": bool(model.visual_prompts and model.visual_prompts.masks_active),
         "pruning": _pruning_summary(model),
         "tensors": {k: list(v.shape) for k, v in tensors.items()},
-        "sha256": hashlib.sha256(blob).hexdigest(),
+        "sha256": tensor_bytes_hash(blob),
     }
     # tensors first, recipe last: a folder with the recipe has the tensors it hashes
     atomic_write_bytes(directory / ADAPTER_TENSORS_FILE, blob)
@@ -109,7 +110,10 @@ def load(
     """Rebuild a model from a checkpoint folder.
 
     Without ``backbone`` the one named in adapter.json is created (with its pretrained
-    weights). ``num_classes`` given and different from the checkpoint's is an error."""
+    weights). ``num_classes`` given and different from the checkpoint's is an error.
+    adapter.json is checked whole before anything is built (:mod:`e2vpt.runs.schema`),
+    and the tensor file against the hash it records (a checkpoint without one loads
+    with a notice that it cannot be verified)."""
     from e2vpt.backbones import create_backbone
 
     directory = Path(directory)
@@ -123,10 +127,7 @@ def load(
             )
         backbone = create_backbone(meta["backbone"], weights=meta.get("backbone_weights"))
     _check_backbone(directory, meta, backbone, check_fingerprint)
-    try:
-        config = method_config(meta["method"], _with_legacy_options(meta))
-    except ConfigError as err:
-        raise CheckpointError(f"{ADAPTER_CONFIG_FILE} in {directory} is invalid: {err}") from err
+    config = method_config_of(meta, directory / ADAPTER_CONFIG_FILE)
     model = wrap(
         backbone,
         config.for_restore(),
@@ -165,16 +166,11 @@ def _finished_checkpoint(directory: Path, num_classes: int | None) -> dict[str, 
 
 
 def _read_tensors(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The stored tensors, checked against the hash the recipe recorded."""
+    """The stored tensors, checked against what the recipe records (their shapes, the
+    file's hash; a recipe without a hash is said to be unverifiable)."""
     tensors_path = directory / ADAPTER_TENSORS_FILE
-    if not tensors_path.is_file():
-        raise CheckpointError(f"{tensors_path} is missing; the checkpoint is incomplete")
-    blob = tensors_path.read_bytes()
-    if meta.get("sha256") and hashlib.sha256(blob).hexdigest() != meta["sha256"]:
-        raise CheckpointError(
-            f"{tensors_path} does not match the hash in {ADAPTER_CONFIG_FILE}: the file is "
-            "corrupt or from another save; re-save or re-train"
-        )
+    if not check_tensor_file(directory, meta):
+        note(unverified_notice(directory))
     try:
         return load_file(str(tensors_path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -248,14 +244,3 @@ def _restore_tensors(
         model.visual_prompts.load_sparse_state(sparse_state)
     elif model.visual_prompts is not None:
         model.visual_prompts.masks_active = bool(meta.get("masks_active", False))
-
-
-def _with_legacy_options(meta: dict[str, Any]) -> dict[str, Any]:
-    """The saved method options, completed with the values of options added since (a
-    checkpoint saves every option, so a missing one means it did not exist yet)."""
-    options = dict(meta["method_config"])
-    try:
-        spec = get_method(meta["method"])
-    except ConfigError:
-        return options  # method_config() reports the unknown method
-    return spec.with_legacy_options(options)

@@ -115,7 +115,9 @@ class Predictor:
         self.settings = settings
         self.run_dir = Path(run_dir)
         require_complete(self.run_dir, "predict with")
+        # every file of the folder is read and checked before the model is built
         meta = read_adapter_config(self.run_dir)
+        data = read_train_config(self.run_dir).data if has_train_config(self.run_dir) else None
         self.device = resolve_device(settings.device)
         self.batch_size = settings.batch_size
         self.precision = settings.precision
@@ -124,12 +126,9 @@ class Predictor:
         self.model = load(self.run_dir, backbone=backbone).to(self.device).eval()
         self.image_size, normalizer = model_data_settings(self.model)
         self.normalizer = normalizer.to(self.device)
-        self.resize = RESIZE_PLAIN
-        if has_train_config(self.run_dir):
-            data = read_train_config(self.run_dir).data or ""
-            fgvc = bool(data) and DataSpec.parse(data).kind == FGVC
-            self.resize = RESIZE_FGVC if fgvc else RESIZE_PLAIN
-        else:
+        fgvc = bool(data) and DataSpec.parse(data).kind == FGVC
+        self.resize = RESIZE_FGVC if fgvc else RESIZE_PLAIN
+        if data is None:
             note(
                 f"{self.run_dir} has no {TRAIN_CONFIG_FILE}: images are resized to "
                 f"{self.image_size}×{self.image_size} (the VTAB / image-folder protocol)"

@@ -1,4 +1,5 @@
-"""``e2vpt train | sweep | report | predict | export | serve | eval | prune | info``.
+"""``e2vpt train | sweep | report | predict | export | serve | eval | prune | info |
+verify``.
 
 One module per command registers its own parser (``add_parser``) and the function that
 runs it; this module parses first and imports what a command needs inside it, so
@@ -35,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "eval": "e2vpt.cli.evaluate",
     "prune": "e2vpt.cli.prune",
     "info": "e2vpt.cli.info",
+    "verify": "e2vpt.cli.verify",
 }
 
 

@@ -16,3 +16,13 @@ KV_INITS = ("heads", "width")
 # kaiming: the official VPT/E²VPT head (kaiming_normal_ fan-out, std √(2/C); bias
 # −log 99, a 1 % prior); trunc-normal: timm's (std 0.02, bias 0)
 HEAD_INITS = ("kaiming", "trunc-normal")
+
+# The largest sizes a config may ask for — and so a run folder's files, which are
+# checked before any tensor is made: far above every published recipe, far below what a
+# machine fails to allocate (a hand-edited 10⁹ is an error naming the field, not an
+# allocator's "tried to allocate 768000000000000 bytes").
+MAX_PROMPT_TOKENS = 4096  # visual or key-value prompt tokens per set (the papers: ≤ 200)
+MAX_LAYER_WIDTH = 4096  # a width a method sets: LoRA rank, side-network channels, mask
+#                         segments (ViT-G/14 is 1664 wide; segments are also ≤ the width)
+MAX_ADDED_LAYERS = 64  # layers a method adds: MLP-head layers, side-network convolutions
+MAX_CLASSES = 100_000  # a head's classes (ImageNet-21k has 21,843)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from e2vpt.errors import ConfigError
+from e2vpt.settings import check_values
 
 if TYPE_CHECKING:
     from torch import nn
@@ -85,8 +86,12 @@ class MethodConfig:
         return self.name
 
     def validate(self) -> None:
+        """Types and ``maximum`` of every option (:func:`e2vpt.settings.check_values`),
+        no negative count, dropouts in [0, 1); subclasses add their own checks."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        check_values(type(self), values, f"{self.name}: ")
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+            value = values[f.name]
             if isinstance(value, int) and not isinstance(value, bool) and value < 0:
                 raise ConfigError(f"{self.name}: {f.name} must be >= 0, got {value}")
             if f.name.endswith("dropout") and value is not None and not 0.0 <= float(value) < 1.0:
@@ -97,13 +102,21 @@ class MethodConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> MethodConfig:
+        """The config from plain values (a YAML file's, a checkpoint's), checked before
+        it is built: unknown options, wrong types and values out of range are errors."""
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(
+                f"{cls.name}: the options must be a mapping of option names to values, "
+                f"got {type(values).__name__}"
+            )
         values = dict(values or {})
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(map(str, values)) - known)
         if unknown:
             raise ConfigError(
                 f"method {cls.name!r} has no option(s) {unknown}; its options are {sorted(known)}"
             )
+        check_values(cls, values, f"{cls.name}: ")
         config = cls(**values)  # type: ignore[arg-type]
         config.validate()
         return config
@@ -183,6 +196,10 @@ def registered_methods() -> list[MethodSpec]:
 
 
 def get_method(name: str) -> MethodSpec:
+    if not isinstance(name, str):
+        raise ConfigError(
+            f"a method is named by a string, got {name!r}; choose one of: {', '.join(_REGISTRY)}"
+        )
     key = name.strip().lower().replace("_", "-")
     if key not in _REGISTRY:
         raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(_REGISTRY)}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from e2vpt.layers.settings import KV_INITS, SEGMENT_LAYOUTS
+from e2vpt.layers.settings import KV_INITS, MAX_LAYER_WIDTH, MAX_PROMPT_TOKENS, SEGMENT_LAYOUTS
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
 from e2vpt.settings import setting
 
@@ -30,14 +30,18 @@ class E2VPTConfig(MethodConfig):
         "train_masks": True,
         "kv_init": "heads",
     }
-    visual_tokens: int = setting(10, "deep visual prompt tokens per block")
-    kv_tokens: int = setting(5, "key-value prompt tokens per attention")
+    visual_tokens: int = setting(
+        10, "deep visual prompt tokens per block", maximum=MAX_PROMPT_TOKENS
+    )
+    kv_tokens: int = setting(5, "key-value prompt tokens per attention", maximum=MAX_PROMPT_TOKENS)
     shared_kv: bool = setting(True, "one tensor serves as key and value prompt (official default)")
     visual_dropout: float = setting(0.1, "dropout on the visual prompts")
     kv_init: str = setting(
         "heads", "heads: Kaiming-uniform on (heads, m, head_dim) | width: on (m, d)"
     )
-    mask_segments: int = setting(16, "R: segments per visual token for segment-wise pruning")
+    mask_segments: int = setting(
+        16, "R: segments per visual token for segment-wise pruning", maximum=MAX_LAYER_WIDTH
+    )
     segment_layout: str = setting(
         "interleaved", "interleaved: dim j → segment j mod R | contiguous"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from e2vpt.layers.settings import MAX_LAYER_WIDTH
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
 from e2vpt.settings import setting
 
@@ -31,7 +32,7 @@ class LoRAConfig(MethodConfig):
     # starting points for `e2vpt sweep`'s grid search, not tuned values
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.1, "adamw": 1e-3}
     size_fields: ClassVar[tuple[str, ...]] = ("rank", "targets")
-    rank: int = setting(8, "r: the update's rank")
+    rank: int = setting(8, "r: the update's rank", maximum=MAX_LAYER_WIDTH)
     alpha: float = setting(16.0, "the update is scaled by alpha / r (peft's lora_alpha)")
     lora_dropout: float = setting(0.0, "dropout on the update's input")
     targets: str = setting("qkv", "qkv | qkv,proj: the attention projections that get updates")

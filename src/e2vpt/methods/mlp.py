@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from e2vpt.layers.settings import MAX_ADDED_LAYERS
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
 from e2vpt.settings import setting
 
@@ -23,7 +24,9 @@ class MLPConfig(MethodConfig):
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.2, "adamw": 0.04}
     head_only: ClassVar[bool] = True  # the backbone is frozen: features can be cached
     size_fields: ClassVar[tuple[str, ...]] = ("layers",)
-    layers: int = setting(3, "Linear layers, the head included (3: MLP-3)")
+    layers: int = setting(
+        3, "Linear layers, the head included (3: MLP-3)", maximum=MAX_ADDED_LAYERS
+    )
 
     def validate(self) -> None:
         super().validate()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
+from e2vpt.layers.settings import MAX_LAYER_WIDTH
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
 from e2vpt.settings import setting
 
@@ -114,6 +115,13 @@ class PeftTunerConfig(MethodConfig):
             raise ConfigError(
                 f"peft config: name the Linear layers to adapt in target_modules (timm "
                 f'ViT / Swin: {TIMM_LINEARS}), e.g. "target_modules": ["qkv"]'
+            )
+        rank = options.get("r")
+        if rank is not None and (
+            not isinstance(rank, int) or isinstance(rank, bool) or not 0 < rank <= MAX_LAYER_WIDTH
+        ):
+            raise ConfigError(
+                f"peft config: r must be an integer from 1 to {MAX_LAYER_WIDTH}, got {rank!r}"
             )
         if options.get("modules_to_save"):
             raise ConfigError(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from e2vpt.layers.settings import MAX_ADDED_LAYERS, MAX_LAYER_WIDTH
 from e2vpt.methods.base import ConfigError, MethodConfig, register_method
 from e2vpt.settings import setting
 
@@ -51,8 +52,12 @@ class SidetuneConfig(MethodConfig):
     default_base_lr: ClassVar[dict[str, float]] = {"sgd": 0.1, "adamw": 1e-3}
     size_fields: ClassVar[tuple[str, ...]] = ("side_network", "channels", "conv_layers")
     side_network: str = setting(BUILT_IN, "'convs' (built in) or a timm model name, e.g. resnet18")
-    channels: int = setting(64, "width of the built-in side network's convolutions")
-    conv_layers: int = setting(4, "the built-in side network's stride-2 3×3 convolutions")
+    channels: int = setting(
+        64, "width of the built-in side network's convolutions", maximum=MAX_LAYER_WIDTH
+    )
+    conv_layers: int = setting(
+        4, "the built-in side network's stride-2 3×3 convolutions", maximum=MAX_ADDED_LAYERS
+    )
     blend_init: float = setting(
         0.5, "α, the blend's starting weight on the frozen features (learned)"
     )

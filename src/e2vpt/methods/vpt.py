@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from e2vpt.layers.settings import MAX_PROMPT_TOKENS
 from e2vpt.methods.base import MethodConfig, register_method
 from e2vpt.settings import setting
 
@@ -23,7 +24,7 @@ class VPTConfig(MethodConfig):
 
     name: ClassVar[str] = "vpt"
     official_options: ClassVar[dict[str, Any]] = {"dropout": 0.0}
-    tokens: int = setting(10, "prompt tokens per set")
+    tokens: int = setting(10, "prompt tokens per set", maximum=MAX_PROMPT_TOKENS)
     deep: bool = setting(False, "a prompt set per block (VPT-deep)")
     dropout: float = setting(0.0, "prompt dropout (the official VPT code: 0.0)")
     project: bool = setting(False, "optional linear projection of the prompts (off in the paper)")

@@ -47,6 +47,7 @@ from e2vpt.runs import (
     read_train_config,
     require_complete,
 )
+from e2vpt.runs.schema import fits_record
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.trainer import load_task_for, seed_everything, train
 
@@ -87,7 +88,29 @@ def _load_importance(
         return None
     if (data.get("mode"), data.get("prune_mode", "remove")) != (mode, prune_mode):
         return None
-    return ImportanceScores.from_dict(data)
+    if not fits_record(data, _IMPORTANCE_FIELDS):
+        return None
+    try:
+        return ImportanceScores.from_dict(data)
+    except (TypeError, ValueError, RuntimeError):  # scores that are no lists of numbers
+        return None
+
+
+# what a pruning point's record must hold to be reused (else the point is trained again)
+_POINT_FIELDS: dict[str, tuple[type, ...]] = {
+    "val_top1": (int, float),
+    "prompt_values": (int,),
+    "tokens_kept": (int,),
+    "parameters": (dict,),
+    "eval_top1": (int, float, type(None)),
+    "run_dir": (str,),
+}
+_IMPORTANCE_FIELDS: dict[str, tuple[type, ...]] = {
+    "token": (list,),
+    "segment": (list,),
+    "batches": (int,),
+    "images": (int,),
+}
 
 
 def _load_point(path: Path, plan: PruningPlan, source_sha: str | None, epochs: int) -> dict | None:
@@ -96,6 +119,7 @@ def _load_point(path: Path, plan: PruningPlan, source_sha: str | None, epochs: i
         data.get("plan") == plan.to_dict()
         and data.get("source_sha256") == source_sha
         and data.get("epochs") == epochs
+        and fits_record(data, _POINT_FIELDS)
     )
     return data if same else None
 

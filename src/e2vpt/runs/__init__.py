@@ -6,8 +6,12 @@ one.
 * :mod:`~e2vpt.runs.folder` — the transaction rules: what a folder holds
   (:func:`inspect_folder`), the marker written last, :func:`clear`,
   :func:`fresh_folder`, :func:`require_complete`;
+* :mod:`~e2vpt.runs.schema` — what the files may hold: the one validator every reader
+  goes through (size, UTF-8 and nesting bounds; ``adapter.json`` typed field by field);
 * :mod:`~e2vpt.runs.records` — reading a folder's config, checkpoint recipe, results
   and records;
+* :mod:`~e2vpt.runs.integrity` — the tensor file against the hash and shapes
+  ``adapter.json`` records; :func:`~e2vpt.runs.integrity.verify_run` (``e2vpt verify``);
 * :mod:`~e2vpt.runs.matching` — the one answer to "does this folder's run match these
   settings" (absolute paths, resolved method options, runtime fields ignored).
 

@@ -9,7 +9,8 @@ folder without the marker and say how to finish it. Runs written before the mark
 existed count as complete when they hold ``results.json`` and no training state (their
 ``results.json`` was always written last).
 
-Imports nothing of e2vpt's but the leaves (errors, files) and the file names."""
+Imports nothing of e2vpt's but the leaves (errors, files), the file names and the
+bounded readers of :mod:`e2vpt.runs.schema`."""
 
 from __future__ import annotations
 
@@ -22,9 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from e2vpt.errors import ConfigError
+from e2vpt.errors import ConfigError, E2VPTError
 from e2vpt.files import atomic_write_text
 from e2vpt.runs.names import (
     METRICS_JSON_FILE,
@@ -35,6 +34,7 @@ from e2vpt.runs.names import (
     TRAIN_CONFIG_FILE,
     TRAIN_STATE_FILE,
 )
+from e2vpt.runs.schema import read_json, read_yaml_mapping
 
 # what ``train(existing=...)`` does with a folder that already holds a run:
 #   refuse    — an error naming the fixes (the CLI's default)
@@ -110,17 +110,18 @@ def inspect_folder(path: str | os.PathLike[str]) -> RunFolder:
 
 
 def _configured_epochs(path: Path) -> int | None:
+    """The run's epochs, for the description (None when its config cannot be read)."""
     try:
-        values = yaml.safe_load((path / TRAIN_CONFIG_FILE).read_text()) or {}
-        return int(values["epochs"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        epochs = read_yaml_mapping(path / TRAIN_CONFIG_FILE).get("epochs")
+    except E2VPTError:
         return None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
 
 def _epochs_done(path: Path) -> int:
     try:
-        rows = json.loads((path / METRICS_JSON_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+        rows = read_json(path / METRICS_JSON_FILE, ConfigError)
+    except E2VPTError:
         return 0
     return len(rows) if isinstance(rows, list) else 0
 

@@ -1,24 +1,22 @@
 """Reading what a run folder records: its training config, its checkpoint's rebuild
-recipe (``adapter.json``), its results and the JSON records e2vpt steps keep beside it.
+recipe (``adapter.json``), its results and the JSON records e2vpt steps keep beside it,
+each through the bounds and checks of :mod:`e2vpt.runs.schema`.
 
 Light on purpose (the command line reads run folders before any heavy import): the
 TrainConfig class is imported when a config is read, not when this module is."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from e2vpt.errors import CheckpointError, ConfigError
+from e2vpt.errors import CheckpointError, ConfigError, E2VPTError
 from e2vpt.runs.names import ADAPTER_CONFIG_FILE, RESULTS_FILE, TRAIN_CONFIG_FILE
+from e2vpt.runs.schema import check_adapter_config, read_json
 
 if TYPE_CHECKING:
     from e2vpt.training.config import TrainConfig
-
-# the fields every adapter.json has had since the first release
-_ADAPTER_FIELDS = ("method", "method_config", "num_classes", "backbone")
 
 
 def has_train_config(run_dir: str | os.PathLike[str]) -> bool:
@@ -45,7 +43,8 @@ def read_train_config(run_dir: str | os.PathLike[str], if_missing: str = "") -> 
 
 def read_adapter_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The checkpoint's ``adapter.json``: what to rebuild (method, options, head size,
-    backbone); checked for the fields every version has written."""
+    backbone), checked field by field (:func:`e2vpt.runs.schema.check_adapter_config`)
+    before anything is built from it."""
     directory = Path(run_dir)
     path = directory / ADAPTER_CONFIG_FILE
     if not path.is_file():
@@ -53,22 +52,16 @@ def read_adapter_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"no {ADAPTER_CONFIG_FILE} in {directory}: not an e2vpt checkpoint folder "
             "(e2vpt.save / `e2vpt train` write one)"
         )
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is corrupt (not valid JSON: {err})") from err
-    for key in _ADAPTER_FIELDS:
-        if key not in meta:
-            raise CheckpointError(f"{path} is corrupt or from another tool: no {key!r} field")
-    return meta
+    return check_adapter_config(read_json(path, CheckpointError), path)
 
 
 def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """A JSON record e2vpt wrote (a trial's, a pruning point's, a run's identity), or
-    None when it is absent or unreadable: the step it records is then done again."""
+    None when it is absent or unreadable (too large, not UTF-8, not JSON, too deeply
+    nested, not a mapping): the step it records is then done again."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        data = read_json(Path(path), ConfigError)
+    except E2VPTError:
         return None
     return data if isinstance(data, dict) else None
 
@@ -76,10 +69,7 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 def read_results(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """A finished run's ``results.json`` (its scores and parameter counts)."""
     path = Path(run_dir) / RESULTS_FILE
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"cannot read the run's results {path}: {err}") from err
+    results = read_json(path, ConfigError)
     if not isinstance(results, dict):
         raise ConfigError(f"{path} is corrupt: not a mapping of results")
     return results

@@ -29,7 +29,8 @@ from e2vpt.recipes import (
 )
 from e2vpt.runs.folder import fresh_folder, readable_name
 from e2vpt.runs.names import TRAIN_CONFIG_FILE
-from e2vpt.settings import setting
+from e2vpt.runs.schema import read_yaml_mapping
+from e2vpt.settings import check_values, setting
 
 LR_SCHEDULE_UNITS = ("update", "epoch")
 # fields that change where, how fast or how visibly a run trains, not what it learns
@@ -215,29 +216,49 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config from plain values (YAML's): unknown keys and values of the wrong
+        type are errors naming the key."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(map(str, values)) - known)
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(known)}")
+        check_values(cls, values)
         return cls(**values)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(_read_mapping(Path(path)))
+        path = Path(path)
+        values = _read_mapping(path)
+        try:
+            return cls.from_dict(values)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
 
     @classmethod
     def from_run_folder(cls, run_dir: str | Path) -> TrainConfig:
-        """The config a run folder was trained with. A run saved before recipes existed
-        is read the way it trained then (per-update schedule, timm's head init, the
-        backbone's statistics, and its method's options of the time)."""
-        values = _read_mapping(Path(run_dir) / TRAIN_CONFIG_FILE)
-        if "recipe" not in values:
-            values = {**values, **LEGACY_TRAIN_FIELDS}
-            method = get_method(str(values.get("method", cls.method)))
-            values["method_config"] = method.with_legacy_options(
-                dict(values.get("method_config") or {})
-            )
-        return cls.from_dict(values)
+        """The config a run folder was trained with, checked whole (types, ranges, the
+        method's options): an edited or damaged ``train_config.yaml`` is one error
+        naming the file and the field. A run saved before recipes existed is read the
+        way it trained then (per-update schedule, timm's head init, the backbone's
+        statistics, and its method's options of the time)."""
+        path = Path(run_dir) / TRAIN_CONFIG_FILE
+        values = _read_mapping(path)
+        try:
+            check_values(cls, values)
+            if "recipe" not in values:
+                values = {**values, **LEGACY_TRAIN_FIELDS}
+                method = get_method(values.get("method", cls.method))
+                values["method_config"] = method.with_legacy_options(
+                    dict(values.get("method_config") or {})
+                )
+            config = cls.from_dict(values)
+            config.validate()
+        except ConfigError as err:
+            raise ConfigError(
+                f"{path} is invalid: {err}; the file was changed since e2vpt wrote it: "
+                "restore it, or train the run again"
+            ) from None
+        return config
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -250,14 +271,12 @@ def absolute_data_spec(spec: str) -> str:
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
+    """A config file's fields (an empty ``method_config:`` is no options)."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys")
+    values = read_yaml_mapping(path)
+    if "method_config" in values and values["method_config"] is None:
+        values["method_config"] = {}
     return values
 
 
