@@ -18,8 +18,8 @@ from e2vpt.notices import note
 
 class LineBar:
     """tqdm's interface as far as e2vpt uses it, written as whole lines: ``milestone``
-    and the end of the bar each say ``desc: n/total unit [postfix] (seconds)``; a bar
-    that counted nothing says nothing."""
+    (and every ``every`` units) and the end of the bar each say ``desc: n/total unit,
+    postfix (seconds)``; a bar that counted nothing says nothing."""
 
     def __init__(
         self,
@@ -70,10 +70,13 @@ class LineBar:
         self.said = self.n
 
     def close(self) -> None:
+        """The last line, when the bar ran to its end (one stopped by an error leaves
+        the error the last word)."""
         if self.closed:
             return
         self.closed = True
-        if self.n > self.start and self.said != self.n:
+        finished = self.total is None or self.n >= self.total
+        if finished and self.n > self.start and self.said != self.n:
             self.milestone()
 
 
@@ -99,6 +102,7 @@ def progress_bar(
     initial: int = 0,
     leave: bool = True,
     every: int | None = None,
+    position: int | None = None,
 ) -> Bar:
     """A bar over ``iterable`` (or counted by ``update``): tqdm's on a terminal, plain
     lines elsewhere (a line every ``every`` units, at each ``milestone`` and at the end),
@@ -114,6 +118,7 @@ def progress_bar(
         leave=leave,
         disable=not show,
         dynamic_ncols=True,
+        position=position,
     )
 
 

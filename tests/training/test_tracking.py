@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from e2vpt.cli.main import build_parser
 from e2vpt.cli.run_config import config_from_args
@@ -146,20 +147,22 @@ def test_off_or_not_installed_no_curves_and_a_callers_tracker_still_gets_them(
 
 
 def test_a_failing_writer_says_so_once_and_the_run_goes_on(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tracker = TensorBoardTracker(tmp_path / "tb", purge_step=1)
 
     def full(*_: object) -> None:
         raise OSError(28, "No space left on device")
 
-    tracker.writer.add_scalar = full
-    tracker.log(1, {"train/loss": 1.0})
-    tracker.log(2, {"train/loss": 1.0})  # stopped: nothing more is tried
-    tracker.close()
+    # the disk fills up under TensorBoard's writer thread
+    monkeypatch.setattr(RecordWriter, "write", full)
+    for step in range(1, 4):
+        tracker.log(step, {"train/loss": 1.0})
+    tracker.close()  # the failure surfaces by the close at the latest
+    tracker.log(4, {"train/loss": 1.0})  # stopped: nothing more is tried
     err = capsys.readouterr().err
     assert err.count("stopped: [Errno 28] No space left on device") == 1
-    assert not tracker.active
+    assert "Traceback" not in err and not tracker.active
 
 
 def test_progress_bars_write_whole_lines_when_stderr_is_not_a_terminal(

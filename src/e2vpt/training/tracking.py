@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -90,6 +91,7 @@ class TensorBoardTracker(Tracker):
 
         log_dir.mkdir(parents=True, exist_ok=True)
         _after_earlier_files(log_dir)
+        _quiet_writer_threads()
         self.log_dir = log_dir
         self.writer: Any = SummaryWriter(str(log_dir), purge_step=purge_step)
 
@@ -151,6 +153,24 @@ def tensorboard_installed() -> bool:
         )
         return False
     return True
+
+
+def _quiet_writer_threads() -> None:
+    """TensorBoard writes from a thread of its own; a write that fails there fails again
+    at this side's next call (and is said as a notice), so Python's printing of the
+    thread's traceback is left out, for TensorBoard's threads and OSErrors only."""
+    previous = threading.excepthook
+    if getattr(previous, "e2vpt_quiet", False):
+        return
+
+    def hook(args: Any) -> None:
+        module = type(args.thread).__module__ if args.thread is not None else ""
+        if module.startswith("tensorboard.") and issubclass(args.exc_type, OSError):
+            return
+        previous(args)
+
+    hook.e2vpt_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 _EVENT_TIME = re.compile(r"^events\.out\.tfevents\.(\d+)\.")
