@@ -142,6 +142,21 @@ def open_tracker(
     return trackers[0] if len(trackers) == 1 else Trackers(trackers)
 
 
+def write_curves(
+    folder: Path, enabled: bool, curves: Mapping[str, Sequence[tuple[int, float]]]
+) -> None:
+    """Curves that are no run's (a pruning search's accuracy over the tokens kept: tag →
+    (step, value) points) into ``folder/tb``, written afresh: readers drop an earlier
+    writing of them."""
+    tracker = open_tracker(folder, enabled, is_main=True, first_update=0)
+    try:
+        for tag, points in curves.items():
+            for step, value in sorted(points):
+                tracker.log(step, {tag: value})
+    finally:
+        tracker.close()
+
+
 def tensorboard_installed() -> bool:
     """Whether TensorBoard can be written; when not, a notice says how to install it."""
     try:
