@@ -115,10 +115,6 @@ class Recorder(Tracker):
     def __init__(self) -> None:
         self.logged: list[tuple[int, dict[str, float]]] = []
 
-    @property
-    def active(self) -> bool:
-        return True
-
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
         self.logged.append((step, dict(scalars)))
 

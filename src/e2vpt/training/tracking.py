@@ -39,7 +39,8 @@ INSTALL_HINT = "pip install 'e2vpt[tensorboard]'"
 
 
 class Tracker:
-    """Where a run's curves go. This base keeps nothing: tracking off."""
+    """Where a run's curves go: a subclass overrides ``log`` (and ``close``). This base
+    keeps nothing: tracking off."""
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
         """``scalars`` (tag → value) at update ``step``."""
@@ -50,7 +51,7 @@ class Tracker:
     @property
     def active(self) -> bool:
         """Whether anything is kept (the loop skips collecting for an inactive one)."""
-        return False
+        return type(self).log is not Tracker.log
 
     def log_updates(self, first: int, losses: Sequence[float], lrs: Sequence[float]) -> None:
         """Updates ``first``, ``first + 1`` …: each one's loss and lr."""
@@ -64,7 +65,7 @@ class Tracker:
 
 
 class Trackers(Tracker):
-    """Several trackers as one."""
+    """Several trackers as one; closing it again does nothing."""
 
     def __init__(self, trackers: Sequence[Tracker]) -> None:
         self.trackers = [t for t in trackers if t.active]
@@ -78,7 +79,8 @@ class Trackers(Tracker):
             tracker.log(step, scalars)
 
     def close(self) -> None:
-        for tracker in self.trackers:
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
             tracker.close()
 
 
@@ -139,7 +141,7 @@ def open_tracker(
     trackers: list[Tracker] = [] if extra is None else [extra]
     if enabled and tensorboard_installed():
         trackers.insert(0, TensorBoardTracker(out_dir / TENSORBOARD_DIR, first_update))
-    return trackers[0] if len(trackers) == 1 else Trackers(trackers)
+    return Trackers(trackers)
 
 
 def write_curves(
