@@ -4,7 +4,10 @@ Resumable: rerun the same command and it continues from the last finished epoch 
 rerun with another recipe is refused; ``--time-budget`` stops it cleanly after an
 epoch). Writes ``demo_vit_cifar10.safetensors`` (fp16), ``demo_vit_cifar10.json``
 (recipe, accuracy, history, the previous weights' figures) and ``README.md`` (the model
-card) into ``--out-dir`` after every epoch: by default the bundled weights folder.
+card) into ``--out-dir`` after every epoch: by default the bundled weights folder. The
+training curves (each update's loss and lr, each epoch's loss and test top-1) go to
+``--work-dir``/tb for ``tensorboard --logdir`` (when tensorboard is installed; a resumed
+run continues them; ``--no-tensorboard``: none).
 
     python scripts/pretrain_demo_backbone.py --data ../shared/data/cifar10.tar.gz
     # the stronger GPU recipe (see README, "The GPU campaign"):
@@ -35,6 +38,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from e2vpt.backbones.demo import CIFAR10_MEAN, CIFAR10_STD, DEMO_VIT_ARGS, build_demo_vit
+from e2vpt.training.tracking import open_tracker
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR = REPO / "src" / "e2vpt" / "backbones" / "weights"
@@ -189,7 +193,16 @@ scratch on CIFAR-10 so that e2vpt can be tried offline, with no download.
 
 
 # options that do not change what is trained: a resumed run may change them
-RUNTIME_OPTIONS = ("data", "work_dir", "out_dir", "threads", "time_budget", "card_only", "device")
+RUNTIME_OPTIONS = (
+    "data",
+    "work_dir",
+    "out_dir",
+    "threads",
+    "time_budget",
+    "card_only",
+    "device",
+    "tensorboard",
+)
 
 
 def recipe_of(args: argparse.Namespace) -> dict:
@@ -253,6 +266,12 @@ def main() -> None:
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     p.add_argument("--card-only", action="store_true", help="only rewrite the model card")
+    p.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="training curves in --work-dir/tb (needs the tensorboard package)",
+    )
     args = p.parse_args()
     out_dir = Path(args.out_dir)
     if args.card_only:
@@ -361,104 +380,126 @@ def main() -> None:
         shlex.quote(a) for a in sys.argv[1:] if not a.startswith("--time-budget")
     )
     began = time.time()
-    for epoch in range(start_epoch, args.epochs):
-        spent = time.time() - began
-        per_epoch = spent / max(1, epoch - start_epoch)
-        if args.time_budget and epoch > start_epoch and spent + per_epoch > args.time_budget:
-            print(
-                f"pretrain: stopped after epoch {epoch} of {args.epochs} (time budget "
-                f"{args.time_budget:.0f} s); rerun the same command to continue",
-                flush=True,
-            )
-            return
-        model.train()
-        # every epoch's randomness from its own seed: a resumed run draws what an
-        # uninterrupted one would (TrivialAugment: torch's global generator; timm's
-        # Mixup: numpy's; RandomErasing: Python's)
-        epoch_seed = args.seed * 1000 + epoch
-        torch.manual_seed(epoch_seed)
-        np.random.seed(epoch_seed)
-        random.seed(epoch_seed)
-        gen = torch.Generator().manual_seed(epoch_seed)
-        perm = torch.randperm(len(train_x), generator=gen).to(device)
-        t0 = time.time()
-        loss_sum = torch.zeros((), device=device)
-        for i in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + i
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            idx = perm[i * args.batch_size : (i + 1) * args.batch_size]
-            images = augment(train_x[idx], gen)
-            if args.trivial_augment:
-                images = trivial_augment(images)
-            x, y = normalize(images), train_y[idx]
-            if mixing is not None:
-                x, y = mixing(x, y)  # soft targets, label smoothing included
-            if erasing is not None:
-                x = erasing(x)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = forward(x)
-            if mixing is not None:
-                loss = torch.sum(-y * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-            else:
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=args.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            loss_sum += loss.detach()
-            if i % 50 == 0 and device.type == "cpu":
+    # the curves at the update count: a resumed run drops what its predecessor logged
+    # after the saved epoch, and continues them
+    tracker = open_tracker(work, args.tensorboard, True, start_epoch * steps_per_epoch + 1)
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            spent = time.time() - began
+            per_epoch = spent / max(1, epoch - start_epoch)
+            if args.time_budget and epoch > start_epoch and spent + per_epoch > args.time_budget:
                 print(
-                    f"epoch {epoch + 1} step {i}/{steps_per_epoch} loss {loss.item():.3f} "
-                    f"{time.time() - t0:.0f}s",
+                    f"pretrain: stopped after epoch {epoch} of {args.epochs} (time budget "
+                    f"{args.time_budget:.0f} s); rerun the same command to continue",
                     flush=True,
                 )
-        acc = evaluate(model, test_x, test_y, bf16)
-        mean_loss = loss_sum.item() / steps_per_epoch
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": mean_loss,
-                "test_acc": acc,
-                "seconds": time.time() - t0,
-            }
-        )
-        print(
-            f"== epoch {epoch + 1}: loss {mean_loss:.3f} test acc {acc:.4f} "
-            f"({time.time() - t0:.0f}s)",
-            flush=True,
-        )
-        tmp = state_file.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "opt": opt.state_dict(),
-                "epoch": epoch + 1,
-                "history": history,
+                return
+            model.train()
+            # every epoch's randomness from its own seed: a resumed run draws what an
+            # uninterrupted one would (TrivialAugment: torch's global generator; timm's
+            # Mixup: numpy's; RandomErasing: Python's)
+            epoch_seed = args.seed * 1000 + epoch
+            torch.manual_seed(epoch_seed)
+            np.random.seed(epoch_seed)
+            random.seed(epoch_seed)
+            gen = torch.Generator().manual_seed(epoch_seed)
+            perm = torch.randperm(len(train_x), generator=gen).to(device)
+            t0 = time.time()
+            loss_sum = torch.zeros((), device=device)
+            update_losses: list[torch.Tensor] = []
+            for i in range(steps_per_epoch):
+                step = epoch * steps_per_epoch + i
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step)
+                idx = perm[i * args.batch_size : (i + 1) * args.batch_size]
+                images = augment(train_x[idx], gen)
+                if args.trivial_augment:
+                    images = trivial_augment(images)
+                x, y = normalize(images), train_y[idx]
+                if mixing is not None:
+                    x, y = mixing(x, y)  # soft targets, label smoothing included
+                if erasing is not None:
+                    x = erasing(x)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = forward(x)
+                if mixing is not None:
+                    loss = torch.sum(-y * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+                else:
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=args.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                loss_sum += loss.detach()
+                if tracker.active:
+                    update_losses.append(loss.detach())
+                if i % 50 == 0 and device.type == "cpu":
+                    print(
+                        f"epoch {epoch + 1} step {i}/{steps_per_epoch} loss {loss.item():.3f} "
+                        f"{time.time() - t0:.0f}s",
+                        flush=True,
+                    )
+            acc = evaluate(model, test_x, test_y, bf16)
+            mean_loss = loss_sum.item() / steps_per_epoch
+            first, last = epoch * steps_per_epoch + 1, (epoch + 1) * steps_per_epoch
+            if update_losses:
+                lrs = [lr_at(step - 1) for step in range(first, last + 1)]
+                tracker.log_updates(first, torch.stack(update_losses).tolist(), lrs)
+            tracker.log(
+                last,
+                {
+                    "epoch/train_loss": mean_loss,
+                    "epoch/test_top1": acc,
+                    "epoch/epoch": epoch + 1,
+                    "epoch/seconds": time.time() - t0,
+                },
+            )
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": mean_loss,
+                    "test_acc": acc,
+                    "seconds": time.time() - t0,
+                }
+            )
+            print(
+                f"== epoch {epoch + 1}: loss {mean_loss:.3f} test acc {acc:.4f} "
+                f"({time.time() - t0:.0f}s)",
+                flush=True,
+            )
+            tmp = state_file.with_suffix(".tmp")
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "recipe": recipe_of(args),
+                    "previous": previous,
+                },
+                tmp,
+            )
+            os.replace(tmp, state_file)
+            card = {
+                "name": "demo_vit_cifar10",
+                "architecture": DEMO_VIT_ARGS,
+                "data": "CIFAR-10 train (50k), evaluated on CIFAR-10 test (10k)"
+                if not (args.limit_train or args.limit_test)
+                else f"CIFAR-10, first {len(train_x)} train / {len(test_x)} test images",
                 "recipe": recipe_of(args),
+                "augmentation": augmentation_of(args),
+                "epochs_done": epoch + 1,
+                "cifar10_test_top1": acc,
+                "history": history,
+                "command": command,
+                "machine": machine_description(device, args.threads),
+                "weights_dtype": "float16",
                 "previous": previous,
-            },
-            tmp,
-        )
-        os.replace(tmp, state_file)
-        card = {
-            "name": "demo_vit_cifar10",
-            "architecture": DEMO_VIT_ARGS,
-            "data": "CIFAR-10 train (50k), evaluated on CIFAR-10 test (10k)"
-            if not (args.limit_train or args.limit_test)
-            else f"CIFAR-10, first {len(train_x)} train / {len(test_x)} test images",
-            "recipe": recipe_of(args),
-            "augmentation": augmentation_of(args),
-            "epochs_done": epoch + 1,
-            "cifar10_test_top1": acc,
-            "history": history,
-            "command": command,
-            "machine": machine_description(device, args.threads),
-            "weights_dtype": "float16",
-            "previous": previous,
-        }
-        export(model, card, out_dir)
-        write_model_card(card, out_dir)
+            }
+            export(model, card, out_dir)
+            write_model_card(card, out_dir)
+    finally:
+        tracker.close()
 
 
 if __name__ == "__main__":

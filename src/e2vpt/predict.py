@@ -211,9 +211,9 @@ class Predictor:
         self, paths: Sequence[Path], progress: bool = False
     ) -> Iterator[Prediction | Failure]:
         """Each file's prediction, or a :class:`Failure` naming why it was skipped."""
-        from tqdm.auto import tqdm
+        from e2vpt.progressbars import progress_bar
 
-        bar = tqdm(total=len(paths), unit="img", desc="predict", disable=not progress)
+        bar = progress_bar(total=len(paths), unit="img", desc="predict", show=progress)
         try:
             for start in range(0, len(paths), self.batch_size):
                 arrays, kept = [], []

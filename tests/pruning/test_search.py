@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import e2vpt
 from e2vpt.cli.main import main
@@ -14,6 +15,7 @@ from e2vpt.data import Task
 from e2vpt.pruning import apply_plan, make_plan
 from e2vpt.pruning import search as search_module
 from e2vpt.pruning.search import PruneSettings, prune_run
+from e2vpt.runs import TENSORBOARD_DIR
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.trainer import seed_everything, train
 from e2vpt.wrapping import wrap
@@ -70,6 +72,14 @@ def test_prune_writes_report_and_a_loadable_pruned_checkpoint(
     assert model.visual_prompts.tokens == report.selected["tokens_kept"]
     assert model.visual_prompts.stored_numel() == report.selected["prompt_values"]
     assert not list(tmp_path.rglob("*.tmp"))
+    # the curve in TensorBoard: top-1 over the tokens kept (3, 2; the unpruned run's 4)
+    events = EventAccumulator(str(tmp_path / TENSORBOARD_DIR))
+    events.Reload()
+    curve = events.Scalars("pruning/val_top1 (segments pruned 0)")
+    assert [e.step for e in curve] == [2, 3, 4]
+    kept = {p["tokens_kept"]: p["val_top1"] for p in points if not p["plan"]["segment_fraction"]}
+    assert [e.value for e in curve[:2]] == pytest.approx([kept[2], kept[3]])
+    assert (Path(points[0]["run_dir"]) / TENSORBOARD_DIR).is_dir()  # each rewind's own curves
 
 
 def test_rewind_starts_from_the_original_init(trained_run: Path, tiny_task: Task) -> None:

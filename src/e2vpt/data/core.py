@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from e2vpt.errors import DataError
 from e2vpt.notices import note  # noqa: F401 (the data loaders' notice channel)
+from e2vpt.progressbars import progress_bar
 
 
 @dataclass
@@ -211,7 +211,7 @@ def image_chunks(
     than one chunk of decoded pixels besides its output. The first ``crop_count`` images
     are decoded once into both views (:func:`read_image_and_aspect`), the rest as
     :func:`read_image` does; either way the squares are the same pixels."""
-    bar = tqdm(total=len(paths), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(total=len(paths), show=progress, desc=desc, unit="img", leave=False)
     try:
         for start in range(0, len(paths), chunk):
             squares, crops = [], []

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from e2vpt.families import get_family, list_families
 from e2vpt.layers.prompts import PRUNE_MODES, VisualPrompts
 from e2vpt.methods.base import ConfigError
 from e2vpt.methods.e2vpt import E2VPTConfig
 from e2vpt.model import PromptedModel
+from e2vpt.progressbars import progress_bar
 from e2vpt.pruning.settings import SCORE_DEFINITIONS, SCORE_MODES
 
 
@@ -115,7 +115,10 @@ def importance_scores(
 
     def batches() -> Any:
         starts = range(0, len(images), batch_size)
-        for start in tqdm(starts, disable=not progress, desc=f"importance ({mode})", leave=False):
+        bar = progress_bar(
+            starts, show=progress, desc=f"importance ({mode})", unit="batch", leave=False
+        )
+        for start in bar:
             x = images[start : start + batch_size].to(device)
             if prepare is not None:
                 x = prepare(x)

@@ -49,6 +49,7 @@ from e2vpt.runs import (
 )
 from e2vpt.runs.schema import fits_record
 from e2vpt.training.config import TrainConfig
+from e2vpt.training.tracking import write_curves
 from e2vpt.training.trainer import load_task_for, seed_everything, train
 
 
@@ -366,7 +367,26 @@ def prune_run(
     )
     atomic_write_text(out / f"{PRUNING_REPORT_NAME}.md", text)
     plot_pruning(original, points, selected, out / PRUNING_CURVE_FILE, title=str(run_dir))
+    write_curves(out, cfg.tensorboard, _pruning_curves(original, points))
     return report
+
+
+def _pruning_curves(
+    original: dict[str, Any], points: list[dict[str, Any]]
+) -> dict[str, list[tuple[int, float]]]:
+    """For TensorBoard: val and eval top-1 over the tokens kept (the step), one curve per
+    share of segments pruned; the unpruned run ends each curve (where no point keeps
+    every token)."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for s in sorted({p["plan"]["segment_fraction"] for p in points}):
+        for key in ("val_top1", "eval_top1"):
+            split = "val" if key == "val_top1" else original.get("eval_split") or "test"
+            tag = f"pruning/{split}_top1 (segments pruned {s:g})"
+            row = [p for p in points if p["plan"]["segment_fraction"] == s]
+            if all(p["tokens_kept"] != original["tokens_kept"] for p in row):
+                row.append(original)
+            curves[tag] = [(p["tokens_kept"], p[key]) for p in row if p.get(key) is not None]
+    return curves
 
 
 def _original_point(run_dir: Path, meta: dict[str, Any], e2: Any) -> dict[str, Any]:

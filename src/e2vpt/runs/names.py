@@ -14,6 +14,7 @@ ADAPTER_TENSORS_FILE = "adapter.safetensors"  # the checkpoint's tuned tensors
 ADAPTER_CONFIG_FILE = "adapter.json"  # the checkpoint's rebuild recipe (written after them)
 RESULTS_FILE = "results.json"  # the run's scores and parameter counts
 RUN_COMPLETE_FILE = "run_complete.json"  # the marker: written last, the run is finished
+TENSORBOARD_DIR = "tb"  # the training curves' TensorBoard event files (appended as it trains)
 
 # -- files other e2vpt steps keep beside (or in) a run ----------------------------
 TRIAL_RECORD_FILE = "trial.json"  # a sweep trial's record, written last

@@ -16,13 +16,12 @@ import dataclasses
 import statistics
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from e2vpt.data import TRAINVAL, Task
 from e2vpt.errors import SweepError
 from e2vpt.files import atomic_write_text
 from e2vpt.methods.base import ConfigError
 from e2vpt.notices import note
+from e2vpt.progressbars import progress_bar
 from e2vpt.pruning.search import prune_run
 from e2vpt.reporting import format_table, write_json
 from e2vpt.runs import PRUNING_REPORT_NAME, SWEEP_MARKDOWN_FILE, SWEEP_SUMMARY_FILE, absolute
@@ -195,12 +194,13 @@ class Sweep:
         store.update(done)
         if done:
             note(f"{desc}: {len(done)} of {len(trials)} trials done earlier, reused", once=False)
-        bar = tqdm(
+        bar = progress_bar(
             total=len(trials),
             initial=len(done),
             desc=f"{self.task_name}/{self.method} {desc}",
             unit="trial",
-            disable=not self.settings.progress,
+            show=self.settings.progress,
+            every=1,  # in a log file: a line per trial
             position=0,
         )
         for record in self.engine.run(todo):

@@ -38,6 +38,7 @@ LR_SCHEDULE_UNITS = ("update", "epoch")
 # resumed with other values, and a sweep trial's identity ignores them
 RUNTIME_FIELDS = (
     "progress",
+    "tensorboard",
     "device",
     "output_dir",
     "grad_checkpointing",
@@ -124,7 +125,10 @@ class TrainConfig:
         False, "torch.compile the model: slow first steps, pays on long GPU runs"
     )
     compare_linear: bool = setting(False, "also train a linear probe and show both")
-    progress: bool = setting(True, "progress bars on stderr")
+    progress: bool = setting(True, "progress bars on stderr (in a log file: a line per epoch)")
+    tensorboard: bool = setting(
+        True, "training curves in <run>/tb for `tensorboard --logdir` (needs e2vpt[tensorboard])"
+    )
     state_every: int = setting(
         1, "epochs between resumable training states (0: none; not resumable)"
     )

@@ -9,16 +9,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from e2vpt.data.augment import augment_batch
 from e2vpt.errors import DivergedError
 from e2vpt.inference import autocast, batches, predict
+from e2vpt.progressbars import Bar, milestone, progress_bar
 from e2vpt.reporting import write_csv, write_json
 from e2vpt.runs import METRICS_CSV_FILE, METRICS_JSON_FILE, TRAIN_STATE_FILE
 from e2vpt.training.distributed import Distributed
 from e2vpt.training.resume import capture, write_state
 from e2vpt.training.session import LoopState, Progress, Session
+from e2vpt.training.tracking import Tracker
 
 # the progress bar's loss is read back from the device every this many steps
 PROGRESS_EVERY = 10
@@ -29,19 +30,21 @@ def run_epochs(
     loop: LoopState,
     progress: Progress,
     on_epoch: Callable[[dict[str, Any]], None] | None,
+    tracker: Tracker,
 ) -> None:
-    """Train from the epoch after ``loop.epoch`` to the last, under one progress bar."""
+    """Train from the epoch after ``loop.epoch`` to the last, under one progress bar
+    (in a log file: a line per epoch), its curves logged through ``tracker``."""
     cfg, steps = session.run.config, session.steps_per_epoch
-    with tqdm(
+    with progress_bar(
         initial=loop.epoch * steps,
         total=cfg.epochs * steps,
-        disable=not (cfg.progress and session.ddp.is_main),
-        desc=f"{session.run.method.method_name}",
+        show=cfg.progress and session.ddp.is_main,
+        desc=f"train {session.run.method.method_name}",
         unit="step",
-        dynamic_ncols=True,
     ) as bar:  # closed on Ctrl-C too, so the message comes after it
         for epoch in range(loop.epoch, cfg.epochs):
-            row = run_epoch(session, loop, epoch, bar)
+            row = run_epoch(session, loop, epoch, bar, tracker)
+            milestone(bar)
             if cfg.state_every and (epoch + 1) % cfg.state_every == 0:
                 _save_state(session, loop)
                 progress.saved_epoch = epoch + 1
@@ -49,12 +52,14 @@ def run_epochs(
                 on_epoch(row)
 
 
-def run_epoch(session: Session, loop: LoopState, epoch: int, bar: tqdm) -> dict[str, Any]:
+def run_epoch(
+    session: Session, loop: LoopState, epoch: int, bar: Bar, tracker: Tracker
+) -> dict[str, Any]:
     """Epoch ``epoch`` (from 0): its steps, then validation; its metrics row is added to
-    ``loop.metrics`` and rewritten to the run folder."""
+    ``loop.metrics``, rewritten to the run folder and logged to ``tracker``."""
     session.learner.trainable.train()
     epoch_start = time.perf_counter()
-    row = _train_steps(session, loop, epoch, bar)
+    row = _train_steps(session, loop, epoch, bar, tracker)
     val = session.splits.val
     if val is not None:
         session.learner.trainable.eval()
@@ -66,6 +71,7 @@ def run_epoch(session: Session, loop: LoopState, epoch: int, bar: tqdm) -> dict[
     row["epoch_seconds"] = time.perf_counter() - epoch_start
     loop.metrics.append(row)
     loop.epoch = epoch + 1
+    tracker.log_epoch(loop.update, row)
     if session.ddp.is_main:
         out_dir, metrics = session.out_dir, loop.metrics
         write_json(out_dir / METRICS_JSON_FILE, metrics)
@@ -73,8 +79,11 @@ def run_epoch(session: Session, loop: LoopState, epoch: int, bar: tqdm) -> dict[
     return row
 
 
-def _train_steps(session: Session, loop: LoopState, epoch: int, bar: tqdm) -> dict[str, Any]:
-    """One pass over the training split; the row of its lr, mean loss and top-1."""
+def _train_steps(
+    session: Session, loop: LoopState, epoch: int, bar: Bar, tracker: Tracker
+) -> dict[str, Any]:
+    """One pass over the training split; the row of its lr, mean loss and top-1. Each
+    update's loss and lr go to ``tracker`` at the end (one host sync an epoch)."""
     run, learner, device = session.run, session.learner, session.device
     if run.per_epoch_schedule:  # the official schedule: one lr for the whole epoch
         learner.scheduler.step(epoch)
@@ -82,11 +91,17 @@ def _train_steps(session: Session, loop: LoopState, epoch: int, bar: tqdm) -> di
     # batch is prepared while this one computes
     loss_total = torch.zeros((), dtype=torch.float64, device=device)
     correct_total = torch.zeros((), dtype=torch.long, device=device)
-    seen = 0
+    seen, first_update = 0, loop.update + 1
+    update_losses: list[torch.Tensor] = []
+    update_lrs: list[float] = []
     n = len(session.splits.train)
     for step, idx in enumerate(batches(n, run.config.batch_size, learner.generator)):
         x, y = _batch(session, idx)
+        lr = learner.optimizer.param_groups[0]["lr"]
         local_loss, logits = _step(session, x, y, len(idx))
+        if tracker.active:
+            update_losses.append(local_loss.detach() / max(len(y), 1))
+            update_lrs.append(lr)
         loop.update += 1
         if not run.per_epoch_schedule:
             learner.scheduler.step_update(loop.update)
@@ -97,6 +112,8 @@ def _train_steps(session: Session, loop: LoopState, epoch: int, bar: tqdm) -> di
         if step % PROGRESS_EVERY == 0:
             shown = local_loss.item() / max(len(y), 1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{shown:.3f}")
+    if update_losses:
+        tracker.log_updates(first_update, torch.stack(update_losses).tolist(), update_lrs)
     loss_sum, correct, total = session.ddp.sum(
         [loss_total.item(), float(correct_total.item()), float(seen)], device
     )

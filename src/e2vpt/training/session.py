@@ -18,6 +18,7 @@ from e2vpt.data import Split, Task
 from e2vpt.model import PromptedModel
 from e2vpt.training.config import ResolvedTrainConfig
 from e2vpt.training.distributed import Distributed
+from e2vpt.training.tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,13 @@ class TrainHooks:
     backbone × task share features; ``customize`` changes the freshly initialised model
     before the optimizer is built (pruning's rewind trains a pruned model from the
     original init); ``on_epoch`` sees every epoch's metrics row (a Ray Tune trial reports
-    them, so ASHA can stop it)."""
+    them, so ASHA can stop it); ``tracker`` gets the run's curves besides TensorBoard
+    (see :mod:`e2vpt.training.tracking`)."""
 
     feature_cache: dict[tuple, dict[str, torch.Tensor]] | None = None
     customize: Callable[[PromptedModel], object] | None = None
     on_epoch: Callable[[dict[str, Any]], None] | None = None
+    tracker: Tracker | None = None
 
 
 @dataclass

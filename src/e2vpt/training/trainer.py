@@ -38,6 +38,7 @@ from e2vpt.training.resume import read_state
 from e2vpt.training.session import LoopState, Progress, Session, TrainHooks
 from e2vpt.training.setup import load_task_at, set_up
 from e2vpt.training.setup import seed_everything as seed_everything  # callers import it here
+from e2vpt.training.tracking import Tracker, open_tracker
 
 
 @dataclass
@@ -137,8 +138,14 @@ def train(
         if isinstance(start, RunResult):
             return start
         session, loop = set_up(run, ddp, task, start, hooks, identity, progress)
-        run_epochs(session, loop, progress, hooks.on_epoch)
-        return _finish(session, loop, save_checkpoint)
+        tracker = open_tracker(
+            session.out_dir, cfg.tensorboard, ddp.is_main, loop.update + 1, hooks.tracker
+        )
+        try:
+            run_epochs(session, loop, progress, hooks.on_epoch, tracker)
+            return _finish(session, loop, save_checkpoint, tracker)
+        finally:
+            tracker.close()
     except KeyboardInterrupt as err:
         if isinstance(err, Interrupted):
             raise
@@ -234,9 +241,12 @@ def _stored_result(out: Path) -> RunResult:
     return RunResult(**{k: v for k, v in stored.items() if k in names})
 
 
-def _finish(session: Session, loop: LoopState, save_checkpoint: bool) -> RunResult:
-    """After the last epoch: evaluation, then the adapter, results.json and, last, the
-    completion marker; every rank returns once the run folder is complete."""
+def _finish(
+    session: Session, loop: LoopState, save_checkpoint: bool, tracker: Tracker
+) -> RunResult:
+    """After the last epoch: evaluation (logged, and the curves closed), then the adapter,
+    results.json and, last, the completion marker; every rank returns once the run folder
+    is complete."""
     train_seconds = time.perf_counter() - loop.clock_start
     run, ddp, out_dir, model = session.run, session.ddp, session.out_dir, session.model
     cfg, counts = run.config, session.counts
@@ -244,6 +254,8 @@ def _finish(session: Session, loop: LoopState, save_checkpoint: bool) -> RunResu
     if session.splits.eval is not None:
         session.learner.trainable.eval()
         eval_acc = split_top1(session, cfg.eval_split, session.splits.eval.labels)
+        tracker.log(loop.update, {f"eval/{cfg.eval_split}_top1": eval_acc})
+    tracker.close()
     model.cpu()
     if save_checkpoint and ddp.is_main:
         save(model, out_dir)
