@@ -152,6 +152,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     settings = settings_from_args(
         SweepSettings, args, progress=cfg.progress, ray=settings_from_args(RaySettings, args)
     )
+    cfg.validate()
+    settings.validate(cfg)  # a wrong setting is said before the banner
     print(
         f"e2vpt sweep: {cfg.method} on {cfg.data} with backbone {cfg.backbone} → "
         f"{settings.output_dir}",
