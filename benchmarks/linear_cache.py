@@ -1,5 +1,5 @@
 """Linear probing with cached features vs. running the frozen backbone every epoch: a
-whole ``e2vpt train --method linear`` run, timed end to end (issue 7).
+whole ``e2vpt train --method linear`` run, timed end to end.
 
 With the cache the backbone sees each image once (train, val and test features, then
 the head trains on them); without it every epoch pushes every training and validation

@@ -1,5 +1,5 @@
 """What a training step and an inference pass cost, per method, against full fine-tuning
-and the physical floor (issue 7).
+and the physical floor.
 
     uv run python benchmarks/speed.py --backbones demo vit-b16 --batch-sizes 8
     uv run python benchmarks/speed.py --device cuda --precision bf16 --batch-sizes 64 128
