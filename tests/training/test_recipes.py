@@ -230,9 +230,9 @@ def test_cli_recipe_errors_are_one_line_and_leave_nothing(
     assert not out.exists()
 
 
-def test_readme_holds_the_table_of_choices() -> None:
-    readme = (REPO / "README.md").read_text()
-    assert format_table(choices_table()) in readme
+def test_docs_hold_the_table_of_choices() -> None:
+    recipes_page = (REPO / "docs" / "recipes.md").read_text()
+    assert format_table(choices_table()) in recipes_page
 
 
 def test_runs_saved_before_recipes_existed_are_read_as_they_trained(tmp_path: Path) -> None:
