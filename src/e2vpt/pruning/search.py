@@ -18,7 +18,7 @@ from e2vpt.checkpoint import CheckpointError, load
 from e2vpt.data import Task
 from e2vpt.files import atomic_write_bytes, atomic_write_text
 from e2vpt.inference import model_data_settings, resolve_device
-from e2vpt.methods.base import ConfigError, method_config
+from e2vpt.methods.base import ConfigError
 from e2vpt.notices import note
 from e2vpt.pruning.importance import ImportanceScores, importance_scores
 from e2vpt.pruning.plan import (
@@ -47,7 +47,7 @@ from e2vpt.runs import (
     read_train_config,
     require_complete,
 )
-from e2vpt.runs.schema import fits_record
+from e2vpt.runs.schema import fits_record, method_config_of
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.tracking import write_curves
 from e2vpt.training.trainer import load_task_for, seed_everything, train
@@ -61,6 +61,12 @@ class PruneReport:
 
     def table(self) -> str:
         return format_table(self.rows, float_digits=2)
+
+
+def _e2vpt_config(run_dir: Path, meta: dict[str, Any]) -> Any:
+    """The run's E²VPT options as its adapter.json records them (read as every reader of
+    a run folder reads them: checked, with the options older versions lacked filled in)."""
+    return method_config_of(meta, run_dir / ADAPTER_CONFIG_FILE)
 
 
 def _run_config(run_dir: Path, meta: dict[str, Any]) -> TrainConfig:
@@ -263,7 +269,7 @@ def prune_fixed(
     settings = settings or PruneSettings()
     meta, cfg = _prepare(run_dir, settings, None)
     pruning = settings.resolve(cfg.recipe)
-    e2 = method_config("e2vpt", meta["method_config"])
+    e2 = _e2vpt_config(run_dir, meta)
     check_fractions(token_fraction, segment_fraction, e2.visual_tokens, e2.mask_segments)
     source_sha = meta.get("sha256")
     if task is None:
@@ -288,36 +294,17 @@ def resolved_grid(
     return grid
 
 
-def prune_run(
-    run_dir: str | Path, settings: PruneSettings | None = None, task: Task | None = None
-) -> PruneReport:
-    """Prune a trained e2vpt run folder; see the module docstring for the folder layout."""
-    settings = settings or PruneSettings()
-    settings.validate()
-    # absolute: the points' records (reused by a later search, maybe started elsewhere)
-    # and the report name folders that must not depend on the working directory
-    run_dir = absolute(run_dir)
-    meta, cfg = _prepare(run_dir, settings, settings.epochs)
-    pruning = settings.resolve(cfg.recipe)
-    out = absolute(settings.output_dir) if settings.output_dir else run_dir / "pruned"
-    if out.resolve() == run_dir.resolve():
-        raise ConfigError(
-            "`output_dir` must differ from the run folder (its checkpoint would be replaced)"
-        )
-    e2 = method_config("e2vpt", meta["method_config"])
-    grid = resolved_grid(pruning, e2.visual_tokens, e2.mask_segments)
-
-    source_sha = meta.get("sha256")
-    if task is None:
-        task = load_task_for(cfg)
-    if not cfg.val_split or cfg.val_split not in task.splits:
-        raise ConfigError(
-            f"pruning selects its fractions on the validation split, but task {task.name!r} "
-            f"has none (splits: {sorted(task.splits)}); add a val/ folder"
-        )
-
-    out.mkdir(parents=True, exist_ok=True)
-    scores = _importance(run_dir, cfg, task, pruning, out / PRUNING_IMPORTANCE_FILE, source_sha)
+def _grid_points(
+    out: Path,
+    grid: list[tuple[float, float]],
+    scores: ImportanceScores,
+    pruning: ResolvedPruning,
+    cfg: TrainConfig,
+    task: Task,
+    source_sha: str | None,
+) -> list[dict[str, Any]]:
+    """Every grid point rewound and retrained, or its record reused when an earlier
+    search finished it for the same checkpoint and rewind length."""
     points: list[dict[str, Any]] = []
     for index, (t, s) in enumerate(grid, start=1):
         plan = make_plan(scores, t, s, pruning.prune_mode)
@@ -334,6 +321,41 @@ def prune_run(
             note(f"[{index}/{len(grid)}] {plan.label}: done earlier, reused", once=False)
             done = {**done, "run_dir": str(point_dir)}  # where it is now, not where it was
         points.append(done)
+
+    return points
+
+
+def prune_run(
+    run_dir: str | Path, settings: PruneSettings | None = None, task: Task | None = None
+) -> PruneReport:
+    """Prune a trained e2vpt run folder; see the module docstring for the folder layout."""
+    settings = settings or PruneSettings()
+    settings.validate()
+    # absolute: the points' records (reused by a later search, maybe started elsewhere)
+    # and the report name folders that must not depend on the working directory
+    run_dir = absolute(run_dir)
+    meta, cfg = _prepare(run_dir, settings, settings.epochs)
+    pruning = settings.resolve(cfg.recipe)
+    out = absolute(settings.output_dir) if settings.output_dir else run_dir / "pruned"
+    if out.resolve() == run_dir.resolve():
+        raise ConfigError(
+            "`output_dir` must differ from the run folder (its checkpoint would be replaced)"
+        )
+    e2 = _e2vpt_config(run_dir, meta)
+    grid = resolved_grid(pruning, e2.visual_tokens, e2.mask_segments)
+
+    source_sha = meta.get("sha256")
+    if task is None:
+        task = load_task_for(cfg)
+    if not cfg.val_split or cfg.val_split not in task.splits:
+        raise ConfigError(
+            f"pruning selects its fractions on the validation split, but task {task.name!r} "
+            f"has none (splits: {sorted(task.splits)}); add a val/ folder"
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    scores = _importance(run_dir, cfg, task, pruning, out / PRUNING_IMPORTANCE_FILE, source_sha)
+    points = _grid_points(out, grid, scores, pruning, cfg, task, source_sha)
 
     selected = _select(points)
     original = _original_point(run_dir, meta, e2)
