@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from collections.abc import Callable, Iterator
@@ -209,3 +210,21 @@ def write_vtab_tree(
     for split, rows in lists.items():
         (folder / f"{split}.txt").write_text("".join(f"{r} {label}\n" for r, label in rows))
     return lists
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Tiny runs that fork or start processes: one torch thread costs less than two on a
+    busy machine, and a forked child never touches the parent's thread pool."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def write_tiny_vtab(folder: Path) -> Path:
+    """A two-class VTAB-layout task of 12 / 4 / 4 images, for runs that must be quick."""
+    write_vtab_tree(folder, {"train800": 12, "val200": 4, "test": 4}, num_classes=2)
+    return folder

@@ -41,7 +41,7 @@ from e2vpt.runs import (
     TRIAL_RECORD_FILE,
     inspect_folder,
 )
-from tests.conftest import write_vtab_tree
+from tests.conftest import one_torch_thread, write_tiny_vtab
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the children are forked")
 
@@ -57,17 +57,13 @@ PRUNE_KILLS = ("rename:7", "rename:11", "delay:3")
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("kills") / "tiny"  # classes from its labels: 2
-    write_vtab_tree(folder, {"train800": 12, "val200": 4, "test": 4}, num_classes=2)
-    return folder
+    return write_tiny_vtab(tmp_path_factory.mktemp("kills") / "tiny")
 
 
 def train_argv(data: Path, out: Path) -> list[str]:

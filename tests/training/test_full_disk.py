@@ -13,31 +13,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 import e2vpt
 from e2vpt.cli.main import main
 from e2vpt.data.cache import CACHE_ENV, META_FILE
 from e2vpt.runs import inspect_folder
-from tests.conftest import write_vtab_tree
+from tests.conftest import one_torch_thread, write_tiny_vtab
 
 EPOCHS = 2
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
-    """Tiny runs: one torch thread costs less than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("full-disk") / "tiny"  # classes from its labels: 2
-    write_vtab_tree(folder, {"train800": 12, "val200": 4, "test": 4}, num_classes=2)
-    return folder
+    return write_tiny_vtab(tmp_path_factory.mktemp("full-disk") / "tiny")
 
 
 def train_args(data: Path, run: Path, *more: str) -> list[str]:
