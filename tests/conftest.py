@@ -7,6 +7,7 @@ import copy
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -228,3 +229,13 @@ def write_tiny_vtab(folder: Path) -> Path:
     """A two-class VTAB-layout task of 12 / 4 / 4 images, for runs that must be quick."""
     write_vtab_tree(folder, {"train800": 12, "val200": 4, "test": 4}, num_classes=2)
     return folder
+
+
+def stop_after(epoch: int) -> Callable[[dict[str, Any]], None]:
+    """An ``on_epoch`` hook that stops a run like Ctrl-C once ``epoch`` has ended."""
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        if row["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    return on_epoch

@@ -23,7 +23,7 @@ from e2vpt.runs import RUN_COMPLETE_FILE, TRAIN_STATE_FILE, inspect_folder, sett
 from e2vpt.sweeps.runner import Trial, run_trial
 from e2vpt.training.config import TrainConfig
 from e2vpt.training.trainer import train
-from tests.conftest import small_builtin_task
+from tests.conftest import small_builtin_task, stop_after
 
 EPOCHS = 4
 
@@ -45,14 +45,6 @@ def config(out: Path, **overrides: Any) -> TrainConfig:
         progress=False,
     )
     return TrainConfig(**{**values, **overrides})
-
-
-def stop_after(epoch: int):
-    def on_epoch(row: dict[str, Any]) -> None:
-        if row["epoch"] == epoch:
-            raise KeyboardInterrupt
-
-    return on_epoch
 
 
 def metrics(out: Path) -> list[dict[str, Any]]:

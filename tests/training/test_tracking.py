@@ -25,7 +25,7 @@ from e2vpt.training.config import TrainConfig
 from e2vpt.training.session import TrainHooks
 from e2vpt.training.tracking import TensorBoardTracker, Tracker, open_tracker
 from e2vpt.training.trainer import train
-from tests.conftest import small_builtin_task
+from tests.conftest import small_builtin_task, stop_after
 
 EPOCHS, STEPS = 3, 2  # 32 training images, batches of 16
 
@@ -46,14 +46,6 @@ def config(out: Path, **overrides: Any) -> TrainConfig:
         progress=False,
     )
     return TrainConfig(**{**values, **overrides})
-
-
-def stop_after(epoch: int):
-    def on_epoch(row: dict[str, Any]) -> None:
-        if row["epoch"] == epoch:
-            raise KeyboardInterrupt
-
-    return on_epoch
 
 
 def curves(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
